@@ -1,0 +1,38 @@
+#!/bin/sh
+# The one list of Debian packages bitd needs, to build and to run.
+# Used by the README, .ci/run and the Dockerfile. Idempotent and non-interactive.
+#   install-deps.sh            build + runtime packages (what a developer or CI needs)
+#   install-deps.sh --runtime  runtime libraries only (what the Docker runtime stage needs)
+#   install-deps.sh --print [--runtime]  print the list, install nothing
+set -eu
+
+BUILD_PKGS="build-essential autoconf automake pkg-config git ca-certificates
+libdnnl-dev libzip-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
+libjpeg62-turbo-dev libpng-dev libarchive-dev zlib1g-dev"
+RUNTIME_PKGS="libdnnl2 libzip4 libjansson4 libmicrohttpd12 libsqlite3-0
+libjpeg62-turbo libpng16-16 libarchive13 zlib1g libgomp1 curl"
+
+mode=build
+print=0
+for arg in "$@"; do
+  case "$arg" in
+    --runtime) mode=runtime ;;
+    --print) print=1 ;;
+    *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+if [ "$mode" = runtime ]; then pkgs=$RUNTIME_PKGS; else pkgs="$BUILD_PKGS $RUNTIME_PKGS"; fi
+
+if [ "$print" = 1 ]; then echo $pkgs | tr ' ' '\n'; exit 0; fi
+
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,19 @@
+/* The `bit` command line: one function per subcommand, each returning the process exit code
+ * (0 ok, 1 failure, 2 usage). Shared helpers parse numbers and print errors uniformly. */
+#ifndef BIT_CLI_H
+#define BIT_CLI_H
+
+#include <stdint.h>
+
+int cmd_inspect(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Prints "bit SUB: message" to stderr; returns 1 for use as `return cli_fail(...)`. */
+int cli_fail(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parses a whole decimal integer in [lo, hi]; prints an error naming opt and returns -1. */
+int cli_int(const char *sub, const char *opt, const char *s, long lo, long hi, long *out);
+/* Applies --threads (0 = every core) to this thread's OpenMP budget. */
+int cli_threads(const char *sub, const char *s);
+
+#endif
