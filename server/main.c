@@ -13,6 +13,8 @@ static const struct {
     const char *help;
 } commands[] = {
     {"inspect", cmd_inspect, "describe a BiT checkpoint (.npz) as JSON"},
+    {"predict", cmd_predict, "run a checkpoint on a tensor (.npy) and write the logits"},
+    {"bench", cmd_bench, "measure forward-pass speed on a checkpoint or random weights"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

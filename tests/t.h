@@ -53,13 +53,16 @@ static inline int t_done(void)
     return t_failed ? 1 : 0;
 }
 
-/* Directory of ../shared/fixtures/bit-tiny (set by make check); path of a file in it. */
+/* Path of a file in ../shared/fixtures/bit-tiny (BIT_FIXTURES, set by make check). The
+ * result lives until eight more calls, so several may appear in one expression. */
 static inline const char *t_fixture(const char *name)
 {
-    static char buf[4096];
+    static char buf[8][4096];
+    static int next;
+    char *b = buf[next++ % 8];
     const char *dir = getenv("BIT_FIXTURES");
-    snprintf(buf, sizeof buf, "%s/%s", dir ? dir : "../shared/fixtures/bit-tiny", name);
-    return buf;
+    snprintf(b, sizeof buf[0], "%s/%s", dir ? dir : "../shared/fixtures/bit-tiny", name);
+    return b;
 }
 
 /* A fresh scratch directory under $TMPDIR for this program. */

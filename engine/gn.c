@@ -1,0 +1,154 @@
+#include "gn.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+
+/* Per-channel sums and sums of squares of one example, in double so that E[x^2] - E[x]^2
+ * keeps its digits (the fixtures check tiny activations where eps dominates). */
+static void channel_sums(const eng_layout *l, const float *src, int n, double *s1, double *s2)
+{
+    int64_t hw = (int64_t)l->h * l->w;
+    int nb = l->c / l->cblk, b = l->cblk;
+    #pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < nb; cb++) {
+        const float *p = src + ((int64_t)n * nb + cb) * hw * b;
+        double a1[64] = {0}, a2[64] = {0};
+        if (b <= 64) {
+            for (int64_t i = 0; i < hw; i++, p += b)
+                for (int k = 0; k < b; k++) {
+                    double v = p[k];
+                    a1[k] += v;
+                    a2[k] += v * v;
+                }
+            for (int k = 0; k < b; k++) s1[cb * b + k] = a1[k], s2[cb * b + k] = a2[k];
+        } else { /* NHWC with many channels: accumulate straight into the output */
+            for (int k = 0; k < b; k++) s1[k] = s2[k] = 0;
+            for (int64_t i = 0; i < hw; i++, p += b)
+                for (int k = 0; k < b; k++) {
+                    double v = p[k];
+                    s1[k] += v;
+                    s2[k] += v * v;
+                }
+        }
+    }
+}
+
+/* Folds GN statistics and the affine into one scale and shift per channel of example n. */
+static void channel_affine(const eng_layout *l, const float *src, int n, const float *gamma,
+                           const float *beta, float *scale, float *shift, float *mean, float *rstd,
+                           double *s1)
+{
+    int c = l->c, cpg = c / ENG_GN_GROUPS;
+    double *s2 = s1 + c;
+    channel_sums(l, src, n, s1, s2);
+    double cnt = (double)cpg * l->h * l->w;
+    for (int g = 0; g < ENG_GN_GROUPS; g++) {
+        double m = 0, q = 0;
+        for (int k = g * cpg; k < (g + 1) * cpg; k++) m += s1[k], q += s2[k];
+        m /= cnt;
+        double var = q / cnt - m * m;
+        if (var < 0) var = 0;
+        double r = 1.0 / sqrt(var + ENG_GN_EPS);
+        if (mean) mean[n * ENG_GN_GROUPS + g] = (float)m, rstd[n * ENG_GN_GROUPS + g] = (float)r;
+        for (int k = g * cpg; k < (g + 1) * cpg; k++) {
+            scale[k] = (float)(gamma[k] * r);
+            shift[k] = (float)(beta[k] - gamma[k] * r * m);
+        }
+    }
+}
+
+/* Scratch of one call: 2c doubles of sums, 2c floats of scale and shift. */
+static double *scratch(int c) { return malloc(sizeof(double) * 3 * (size_t)c); }
+
+int eng_gn_relu(const eng_layout *l, const float *src, float *dst, const float *gamma,
+                const float *beta, float *mean, float *rstd)
+{
+    int c = l->c, nb = l->c / l->cblk, b = l->cblk;
+    int64_t hw = (int64_t)l->h * l->w;
+    double *sums = scratch(c);
+    if (!sums) return ENG_ENOMEM;
+    float *scale = (float *)(sums + 2 * c), *shift = scale + c;
+    for (int n = 0; n < l->n; n++) {
+        channel_affine(l, src, n, gamma, beta, scale, shift, mean, rstd, sums);
+        #pragma omp parallel for schedule(static)
+        for (int cb = 0; cb < nb; cb++) {
+            int64_t base = ((int64_t)n * nb + cb) * hw * b;
+            const float *sc = scale + cb * b, *sh = shift + cb * b;
+            const float *p = src + base;
+            float *q = dst + base;
+            for (int64_t i = 0; i < hw; i++, p += b, q += b)
+                #pragma omp simd
+                for (int k = 0; k < b; k++) {
+                    float v = p[k] * sc[k] + sh[k];
+                    q[k] = v > 0 ? v : 0;
+                }
+        }
+    }
+    free(sums);
+    return 0;
+}
+
+int eng_gn_relu_pool(const eng_layout *l, const float *src, float *feat, const float *gamma,
+                     const float *beta)
+{
+    int c = l->c, nb = l->c / l->cblk, b = l->cblk;
+    int64_t hw = (int64_t)l->h * l->w;
+    double *sums = scratch(c);
+    if (!sums) return ENG_ENOMEM;
+    float *scale = (float *)(sums + 2 * c), *shift = scale + c;
+    for (int n = 0; n < l->n; n++) {
+        channel_affine(l, src, n, gamma, beta, scale, shift, NULL, NULL, sums);
+        #pragma omp parallel for schedule(static)
+        for (int ch = 0; ch < c; ch++) {
+            const float *p = src + ((int64_t)n * nb + ch / b) * hw * b + ch % b;
+            double acc = 0;
+            for (int64_t i = 0; i < hw; i++) {
+                float v = p[i * b] * scale[ch] + shift[ch];
+                acc += v > 0 ? v : 0;
+            }
+            feat[(int64_t)n * c + ch] = (float)(acc / (double)hw);
+        }
+    }
+    free(sums);
+    return 0;
+}
+
+void eng_pool_root(const eng_layout *in, const float *src, const eng_layout *out, float *dst)
+{
+    int nb = out->c / out->cblk, b = out->cblk;
+    int64_t ihw = (int64_t)in->h * in->w, ohw = (int64_t)out->h * out->w;
+    #pragma omp parallel for collapse(3) schedule(static)
+    for (int n = 0; n < out->n; n++)
+        for (int cb = 0; cb < nb; cb++)
+            for (int oy = 0; oy < out->h; oy++) {
+                const float *ip = src + ((int64_t)n * nb + cb) * ihw * b;
+                float *op = dst + (((int64_t)n * nb + cb) * ohw + (int64_t)oy * out->w) * b;
+                for (int ox = 0; ox < out->w; ox++, op += b) {
+                    int y0 = oy * 2 - 1, x0 = ox * 2 - 1;
+                    /* A window that reaches into the padding sees its zeros: BiT pads with
+                     * the value 0, not -inf, so the max is at least 0 there. */
+                    int border = y0 < 0 || x0 < 0 || y0 + 2 >= in->h || x0 + 2 >= in->w;
+                    for (int k = 0; k < b; k++) op[k] = border ? 0.0f : -INFINITY;
+                    for (int y = y0 < 0 ? 0 : y0; y <= y0 + 2 && y < in->h; y++)
+                        for (int x = x0 < 0 ? 0 : x0; x <= x0 + 2 && x < in->w; x++) {
+                            const float *p = ip + ((int64_t)y * in->w + x) * b;
+                            #pragma omp simd
+                            for (int k = 0; k < b; k++) op[k] = p[k] > op[k] ? p[k] : op[k];
+                        }
+                }
+            }
+}
+
+void eng_layout_to_nchw(const eng_layout *l, const float *src, float *dst)
+{
+    eng_layout plain = *l;
+    plain.cblk = 1;
+    for (int n = 0; n < l->n; n++)
+        for (int ch = 0; ch < l->c; ch++)
+            for (int y = 0; y < l->h; y++)
+                for (int x = 0; x < l->w; x++)
+                    dst[eng_layout_off(&plain, n, ch, y, x)] = src[eng_layout_off(l, n, ch, y, x)];
+}

@@ -1,0 +1,725 @@
+#include "net.h"
+
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gn.h"
+
+#define MAX_SIDE 8192
+
+/* A standardised kernel. It stays plain OIHW until the first plan tells us the layout
+ * oneDNN wants; then it is reordered once into that layout and the plain copy dropped. */
+typedef struct conv_w {
+    int kh, cin, cout, stride, pad, packed;
+    dnnl_memory_desc_t md;
+    float *data;
+} conv_w;
+
+typedef struct gn_w {
+    float *gamma, *beta;
+} gn_w;
+
+typedef struct unit_w {
+    int cin, mid, cout, stride, proj;
+    gn_w ga, gb, gc;
+    conv_w a, b, c, p;
+} unit_w;
+
+typedef struct op {
+    dnnl_primitive_t prim;
+    int nargs;
+    dnnl_exec_arg_t args[5];
+} op;
+
+typedef struct unit_p {
+    eng_layout in, mid_in, mid_out, out;
+    float *x, *xo; /* residual stream in and out (equal unless the unit projects) */
+    op a, b, c, p;
+} unit_p;
+
+/* Everything one (n, h, w) forward needs: primitives, buffers, a stream. One user at a time. */
+typedef struct plan {
+    int n, h, w, busy;
+    uint64_t last_used;
+    dnnl_stream_t stream;
+    eng_layout lroot, lpool, lfinal;
+    op root, head;
+    unit_p *units;
+    int nunits_built;
+    float *bufs[6]; /* R, X0, X1, P, A, B */
+    float *final_buf; /* residual stream after the last unit */
+    float *feat;
+    void *scratch;
+    size_t scratch_bytes;
+    dnnl_memory_t *mems; /* every memory object, for release */
+    int nmems, capmems;
+    float **owned; /* private weight copies when a shape wants another layout */
+    int nowned, capowned;
+    struct plan *next;
+} plan;
+
+struct eng_net {
+    eng_arch arch;
+    eng_net_opts opts;
+    dnnl_engine_t eng;
+    conv_w root;
+    unit_w *units;
+    int nunits, feat;
+    gn_w final;
+    dnnl_memory_desc_t head_md;
+    float *head_w, *head_b;
+    int head_packed;
+    pthread_mutex_t mu;
+    plan *plans;
+    int nplans;
+    uint64_t tick;
+};
+
+#define DN(call)                                                                        \
+    do {                                                                                \
+        dnnl_status_t st_ = (call);                                                     \
+        if (st_ != dnnl_success) {                                                      \
+            rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: %s: %s", #call,              \
+                          dnnl_status2str(st_));                                        \
+            goto fail;                                                                  \
+        }                                                                               \
+    } while (0)
+
+/* ---------------------------------------------------------------- weights */
+
+/* Weight Standardization of an HWIO kernel into plain OIHW: per output channel, mean and
+ * biased variance over (kh, kw, in), (w - mean) / sqrt(var + 1e-10). Done once per load. */
+static int conv_load(conv_w *cw, const eng_tensor *t, int stride)
+{
+    int kh = (int)t->shape[0], kw = (int)t->shape[1], cin = (int)t->shape[2];
+    int cout = (int)t->shape[3], per = kh * kw * cin;
+    const float *w = t->data;
+    cw->kh = kh, cw->cin = cin, cw->cout = cout, cw->stride = stride, cw->pad = (kh - 1) / 2;
+    cw->data = eng_alloc(sizeof(float) * (size_t)per * cout);
+    if (!cw->data) return ENG_ENOMEM;
+    dnnl_dims_t dims = {cout, cin, kh, kw};
+    if (dnnl_memory_desc_init_by_tag(&cw->md, 4, dims, dnnl_f32, dnnl_oihw) != dnnl_success)
+        return ENG_EDNNL;
+    #pragma omp parallel for schedule(static)
+    for (int o = 0; o < cout; o++) {
+        double m = 0, v = 0;
+        for (int i = 0; i < per; i++) m += w[(int64_t)i * cout + o];
+        m /= per;
+        for (int i = 0; i < per; i++) {
+            double d = w[(int64_t)i * cout + o] - m;
+            v += d * d;
+        }
+        double r = 1.0 / sqrt(v / per + ENG_WS_EPS);
+        for (int y = 0; y < kh; y++)
+            for (int x = 0; x < kw; x++)
+                for (int ci = 0; ci < cin; ci++) {
+                    int64_t src = ((int64_t)(y * kw + x) * cin + ci) * cout + o;
+                    int64_t dst = (((int64_t)o * cin + ci) * kh + y) * kw + x;
+                    cw->data[dst] = (float)((w[src] - m) * r);
+                }
+    }
+    return 0;
+}
+
+static int gn_load(gn_w *g, const eng_npz *z, const char *prefix)
+{
+    char k[128];
+    snprintf(k, sizeof k, "%s/group_norm/gamma", prefix);
+    const eng_tensor *ga = eng_npz_get(z, k);
+    snprintf(k, sizeof k, "%s/group_norm/beta", prefix);
+    const eng_tensor *be = eng_npz_get(z, k);
+    size_t bytes = eng_tensor_bytes(ga);
+    g->gamma = eng_alloc(bytes);
+    g->beta = eng_alloc(bytes);
+    if (!g->gamma || !g->beta) return ENG_ENOMEM;
+    memcpy(g->gamma, ga->data, bytes);
+    memcpy(g->beta, be->data, bytes);
+    return 0;
+}
+
+static int unit_load(unit_w *u, const eng_npz *z, int block, int idx, int cin, int mid)
+{
+    char pre[64], k[128];
+    snprintf(pre, sizeof pre, "resnet/block%d/unit%02d", block + 1, idx + 1);
+    u->cin = cin, u->mid = mid, u->cout = 4 * mid;
+    u->stride = idx == 0 && block > 0 ? 2 : 1;
+    u->proj = idx == 0;
+    static const char letters[] = "abc";
+    gn_w *gns[] = {&u->ga, &u->gb, &u->gc};
+    conv_w *convs[] = {&u->a, &u->b, &u->c};
+    for (int i = 0; i < 3; i++) {
+        snprintf(k, sizeof k, "%s/%c", pre, letters[i]);
+        int rc = gn_load(gns[i], z, k);
+        if (rc) return rc;
+        snprintf(k, sizeof k, "%s/%c/standardized_conv2d/kernel", pre, letters[i]);
+        if ((rc = conv_load(convs[i], eng_npz_get(z, k), i == 1 ? u->stride : 1))) return rc;
+    }
+    if (u->proj) {
+        snprintf(k, sizeof k, "%s/a/proj/standardized_conv2d/kernel", pre);
+        return conv_load(&u->p, eng_npz_get(z, k), u->stride);
+    }
+    return 0;
+}
+
+static int head_load(eng_net *net, const eng_npz *z)
+{
+    if (!net->arch.head) return 0;
+    const eng_tensor *k = eng_npz_get(z, "resnet/head/conv2d/kernel");
+    const eng_tensor *b = eng_npz_get(z, "resnet/head/conv2d/bias");
+    int classes = net->arch.head, f = net->feat;
+    /* HWIO [1, 1, F, classes] is the matrix [F][classes]: weights (o, i) at i * classes + o. */
+    dnnl_dims_t dims = {classes, f}, strides = {1, classes};
+    if (dnnl_memory_desc_init_by_strides(&net->head_md, 2, dims, dnnl_f32, strides))
+        return ENG_EDNNL;
+    net->head_w = eng_alloc(eng_tensor_bytes(k));
+    net->head_b = eng_alloc(eng_tensor_bytes(b));
+    if (!net->head_w || !net->head_b) return ENG_ENOMEM;
+    memcpy(net->head_w, k->data, eng_tensor_bytes(k));
+    memcpy(net->head_b, b->data, eng_tensor_bytes(b));
+    return 0;
+}
+
+static void conv_free(conv_w *c) { eng_free(c->data); }
+static void gn_free(gn_w *g) { eng_free(g->gamma), eng_free(g->beta); }
+static void plan_free(plan *p);
+
+void eng_net_free(eng_net *net)
+{
+    if (!net) return;
+    while (net->plans) {
+        plan *p = net->plans;
+        net->plans = p->next;
+        plan_free(p);
+    }
+    conv_free(&net->root);
+    for (int i = 0; i < net->nunits; i++) {
+        unit_w *u = &net->units[i];
+        gn_free(&u->ga), gn_free(&u->gb), gn_free(&u->gc);
+        conv_free(&u->a), conv_free(&u->b), conv_free(&u->c), conv_free(&u->p);
+    }
+    free(net->units);
+    gn_free(&net->final);
+    eng_free(net->head_w);
+    eng_free(net->head_b);
+    if (net->eng) dnnl_engine_destroy(net->eng);
+    pthread_mutex_destroy(&net->mu);
+    free(net);
+}
+
+int eng_net_new(const eng_npz *ckpt, const eng_arch *a, const eng_net_opts *opts, eng_net **out,
+                char *err, size_t errlen)
+{
+    *out = NULL;
+    int rc = eng_arch_check(ckpt, a, err, errlen);
+    if (rc) return rc;
+    eng_net *net = calloc(1, sizeof *net);
+    if (!net) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
+    pthread_mutex_init(&net->mu, NULL);
+    net->arch = *a;
+    if (opts) net->opts = *opts;
+    if (net->opts.max_plans <= 0) net->opts.max_plans = 8;
+    net->feat = a->width * 32;
+    DN(dnnl_engine_create(&net->eng, dnnl_cpu, 0));
+    for (int b = 0; b < 4; b++) net->nunits += a->units[b];
+    net->units = calloc((size_t)net->nunits, sizeof *net->units);
+    if (!net->units) { rc = ENG_ENOMEM; goto oom; }
+    if ((rc = conv_load(&net->root, eng_npz_get(ckpt, "resnet/root_block/standardized_conv2d/kernel"), 2)))
+        goto oom;
+    int cin = a->width, i = 0;
+    for (int b = 0; b < 4; b++)
+        for (int u = 0; u < a->units[b]; u++, i++) {
+            if ((rc = unit_load(&net->units[i], ckpt, b, u, u ? 4 * (a->width << b) : cin,
+                                a->width << b)))
+                goto oom;
+            cin = 4 * (a->width << b);
+        }
+    if ((rc = gn_load(&net->final, ckpt, "resnet")) || (rc = head_load(net, ckpt))) goto oom;
+    *out = net;
+    return 0;
+oom:
+    rc = eng_errf(err, errlen, rc, "cannot build the network: %s",
+                  rc == ENG_EDNNL ? "oneDNN refused a descriptor" : "out of memory");
+fail:
+    eng_net_free(net);
+    return rc;
+}
+
+const eng_arch *eng_net_arch(const eng_net *net) { return &net->arch; }
+int eng_net_out_dim(const eng_net *net) { return net->arch.head ? net->arch.head : net->feat; }
+
+/* ---------------------------------------------------------------- plans */
+
+static dnnl_memory_t plan_mem(plan *p, dnnl_engine_t eng, const dnnl_memory_desc_t *md, void *h)
+{
+    if (p->nmems == p->capmems) {
+        int cap = p->capmems ? 2 * p->capmems : 64;
+        dnnl_memory_t *m = realloc(p->mems, sizeof *m * (size_t)cap);
+        if (!m) return NULL;
+        p->mems = m, p->capmems = cap;
+    }
+    dnnl_memory_t mem = NULL;
+    if (dnnl_memory_create(&mem, md, eng, h ? h : DNNL_MEMORY_NONE) != dnnl_success) return NULL;
+    p->mems[p->nmems++] = mem;
+    return mem;
+}
+
+static float *plan_own(plan *p, size_t bytes)
+{
+    if (p->nowned == p->capowned) {
+        int cap = p->capowned ? 2 * p->capowned : 16;
+        float **o = realloc(p->owned, sizeof *o * (size_t)cap);
+        if (!o) return NULL;
+        p->owned = o, p->capowned = cap;
+    }
+    float *b = eng_alloc(bytes);
+    if (b) p->owned[p->nowned++] = b;
+    return b;
+}
+
+static int reorder_now(eng_net *net, const dnnl_memory_desc_t *smd, void *src,
+                       const dnnl_memory_desc_t *dmd, void *dst, char *err, size_t errlen)
+{
+    int rc = 0;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t ms = NULL, md = NULL;
+    dnnl_stream_t s = NULL;
+    DN(dnnl_reorder_primitive_desc_create(&pd, smd, net->eng, dmd, net->eng, NULL));
+    DN(dnnl_primitive_create(&prim, pd));
+    DN(dnnl_memory_create(&ms, smd, net->eng, src));
+    DN(dnnl_memory_create(&md, dmd, net->eng, dst));
+    DN(dnnl_stream_create(&s, net->eng, dnnl_stream_default_flags));
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+    DN(dnnl_primitive_execute(prim, s, 2, args));
+    DN(dnnl_stream_wait(s));
+fail:
+    if (s) dnnl_stream_destroy(s);
+    if (ms) dnnl_memory_destroy(ms);
+    if (md) dnnl_memory_destroy(md);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+/* Weights in the layout `want`: the shared copy (packed into `want` on first use, under the
+ * net's lock), or a private reorder when this shape prefers another layout. */
+static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **data, int *packed,
+                       const dnnl_memory_desc_t *want, float **use, char *err, size_t errlen)
+{
+    int first = !*packed;
+    *packed = 1;
+    if (dnnl_memory_desc_equal(md, want)) {
+        *use = *data;
+        return 0;
+    }
+    int plain = first;
+    size_t bytes = dnnl_memory_desc_get_size(want);
+    float *dst = plain ? eng_alloc(bytes) : plan_own(p, bytes);
+    if (!dst) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory packing weights");
+    int rc = reorder_now(net, md, *data, want, dst, err, errlen);
+    if (rc) {
+        if (plain) eng_free(dst);
+        return rc;
+    }
+    if (plain) { /* first plan: the packed copy becomes the shared one */
+        eng_free(*data);
+        *data = dst;
+        *md = *want;
+    }
+    *use = dst;
+    return 0;
+}
+
+static int make_attr(const eng_net *net, int sum, dnnl_primitive_attr_t *attr)
+{
+    dnnl_post_ops_t po = NULL;
+    if (dnnl_primitive_attr_create(attr)) return -1;
+    if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user)) return -1;
+    if (net->opts.precision == ENG_PREC_BF16 &&
+        dnnl_primitive_attr_set_fpmath_mode(*attr, dnnl_fpmath_mode_bf16))
+        return -1;
+    if (!sum) return 0;
+    int bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, 1.0f) ||
+              dnnl_primitive_attr_set_post_ops(*attr, po);
+    dnnl_post_ops_destroy(po);
+    return bad ? -1 : 0;
+}
+
+/* Finishes an op from its primitive descriptor: weights, memories, scratchpad size. */
+static int op_finish(eng_net *net, plan *p, dnnl_primitive_desc_t pd, op *o, void *src,
+                     dnnl_memory_desc_t *wmd, float **wdata, int *packed, void *dst, char *err,
+                     size_t errlen)
+{
+    int rc = 0;
+    float *w = NULL;
+    const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    const dnnl_memory_desc_t *pmd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if ((rc = weights_for(net, p, wmd, wdata, packed, want, &w, err, errlen))) return rc;
+    size_t sb = dnnl_memory_desc_get_size(pmd);
+    if (sb > p->scratch_bytes) p->scratch_bytes = sb;
+    o->args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, plan_mem(p, net->eng, smd, src)};
+    o->args[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, plan_mem(p, net->eng, want, w)};
+    o->args[2] = (dnnl_exec_arg_t){DNNL_ARG_DST, plan_mem(p, net->eng, dmd, dst)};
+    o->args[3] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, plan_mem(p, net->eng, pmd, NULL)};
+    o->nargs = 4;
+    for (int i = 0; i < 4; i++)
+        if (!o->args[i].memory) return eng_errf(err, errlen, ENG_EDNNL, "oneDNN: memory");
+    DN(dnnl_primitive_create(&o->prim, pd));
+fail:
+    return rc;
+}
+
+static int conv_op(eng_net *net, plan *p, conv_w *cw, const dnnl_memory_desc_t *smd, void *src,
+                   const dnnl_memory_desc_t *dmd, void *dst, int sum, op *o,
+                   dnnl_memory_desc_t *chosen_dst, char *err, size_t errlen)
+{
+    int rc = 0;
+    dnnl_memory_desc_t wany;
+    dnnl_convolution_desc_t cd;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_dims_t wd = {cw->cout, cw->cin, cw->kh, cw->kh}, st = {cw->stride, cw->stride},
+                pad = {cw->pad, cw->pad};
+    DN(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
+    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, smd,
+                                          &wany, NULL, dmd, st, pad, pad));
+    if (make_attr(net, sum, &attr)) {
+        rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
+        goto fail;
+    }
+    DN(dnnl_primitive_desc_create(&pd, &cd, attr, net->eng, NULL));
+    if (chosen_dst) *chosen_dst = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    if (src || dst) rc = op_finish(net, p, pd, o, src, &cw->md, &cw->data, &cw->packed, dst, err, errlen);
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static int act_md(dnnl_memory_desc_t *md, const eng_layout *l, dnnl_format_tag_t tag)
+{
+    dnnl_dims_t d = {l->n, l->c, l->h, l->w};
+    return dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, tag) == dnnl_success ? 0 : ENG_EDNNL;
+}
+
+static dnnl_format_tag_t layout_tag(int cblk, int c)
+{
+    if (cblk == 16) return dnnl_nChw16c;
+    if (cblk == 8) return dnnl_nChw8c;
+    return cblk == 1 ? dnnl_nchw : (cblk == c ? dnnl_nhwc : dnnl_format_tag_undef);
+}
+
+/* The activation layout is whatever oneDNN picks for the root convolution's output; every
+ * later layer is then created on that same layout, so no reorder ever runs between layers. */
+static int choose_cblk(eng_net *net, plan *p, const dnnl_memory_desc_t *in_md, char *err,
+                       size_t errlen)
+{
+    dnnl_memory_desc_t any, got, cand;
+    int rc = act_md(&any, &p->lroot, dnnl_format_tag_any);
+    if (rc || (rc = conv_op(net, p, &net->root, in_md, NULL, &any, NULL, 0, NULL, &got, err,
+                            errlen)))
+        return rc ? rc : eng_errf(err, errlen, ENG_EDNNL, "oneDNN: bad root descriptor");
+    int options[] = {16, 8, 1, p->lroot.c};
+    for (int i = 0; i < 4; i++) {
+        if (act_md(&cand, &p->lroot, layout_tag(options[i], p->lroot.c)) == 0 &&
+            dnnl_memory_desc_equal(&cand, &got))
+            return options[i];
+    }
+    return 16; /* an unexpected pick: impose the usual AVX-512 layout */
+}
+
+static eng_layout lay(int n, int c, int h, int w, int cblk)
+{
+    return (eng_layout){n, c, h, w, cblk == -1 ? c : cblk};
+}
+
+static int head_op(eng_net *net, plan *p, char *err, size_t errlen)
+{
+    int rc = 0, n = p->n, f = net->feat, k = net->arch.head;
+    dnnl_memory_desc_t smd, wany, bmd, dmd;
+    dnnl_inner_product_desc_t ipd;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_dims_t sd = {n, f}, wd = {k, f}, bd = {k}, dd = {n, k};
+    DN(dnnl_memory_desc_init_by_tag(&smd, 2, sd, dnnl_f32, dnnl_nc));
+    DN(dnnl_memory_desc_init_by_tag(&wany, 2, wd, dnnl_f32, dnnl_format_tag_any));
+    DN(dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x));
+    DN(dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_nc));
+    DN(dnnl_inner_product_forward_desc_init(&ipd, dnnl_forward_inference, &smd, &wany, &bmd, &dmd));
+    if (make_attr(net, 0, &attr)) {
+        rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
+        goto fail;
+    }
+    DN(dnnl_primitive_desc_create(&pd, &ipd, attr, net->eng, NULL));
+    if ((rc = op_finish(net, p, pd, &p->head, p->feat, &net->head_md, &net->head_w,
+                        &net->head_packed, NULL, err, errlen)))
+        goto fail;
+    p->head.args[4] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, plan_mem(p, net->eng, &bmd, net->head_b)};
+    p->head.nargs = 5;
+    if (!p->head.args[4].memory) rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: memory");
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    return rc;
+}
+
+static void plan_free(plan *p)
+{
+    if (!p) return;
+    op *ops[] = {&p->root, &p->head};
+    for (int i = 0; i < 2; i++)
+        if (ops[i]->prim) dnnl_primitive_destroy(ops[i]->prim);
+    if (p->units) {
+        for (int u = 0; u < p->nunits_built; u++) {
+            unit_p *up = &p->units[u];
+            op *uo[] = {&up->a, &up->b, &up->c, &up->p};
+            for (int i = 0; i < 4; i++)
+                if (uo[i]->prim) dnnl_primitive_destroy(uo[i]->prim);
+        }
+        free(p->units);
+    }
+    for (int i = 0; i < p->nmems; i++) dnnl_memory_destroy(p->mems[i]);
+    free(p->mems);
+    for (int i = 0; i < p->nowned; i++) eng_free(p->owned[i]);
+    free(p->owned);
+    for (int i = 0; i < 6; i++) eng_free(p->bufs[i]);
+    eng_free(p->feat);
+    eng_free(p->scratch);
+    if (p->stream) dnnl_stream_destroy(p->stream);
+    free(p);
+}
+
+/* Shapes of every unit and the largest buffer each role needs. */
+static void plan_shapes(const eng_net *net, plan *p, int blk, int64_t need[6])
+{
+    int hw[5][2];
+    eng_arch_spatial(p->h, p->w, hw);
+    int n = p->n, H = hw[0][0], W = hw[0][1], i = 0;
+    int64_t x = eng_layout_size(&p->lpool);
+    need[0] = eng_layout_size(&p->lroot);
+    need[1] = need[3] = need[4] = need[5] = 0;
+    for (int b = 0; b < 4; b++)
+        for (int u = 0; u < net->arch.units[b]; u++, i++) {
+            const unit_w *uw = &net->units[i];
+            unit_p *up = &p->units[i];
+            int oh = hw[b][0], ow = hw[b][1];
+            up->in = lay(n, uw->cin, H, W, blk);
+            up->mid_in = lay(n, uw->mid, H, W, blk);
+            up->mid_out = lay(n, uw->mid, oh, ow, blk);
+            up->out = lay(n, uw->cout, oh, ow, blk);
+            H = oh, W = ow;
+            int64_t s[] = {eng_layout_size(&up->in), eng_layout_size(&up->mid_in),
+                           eng_layout_size(&up->mid_out), eng_layout_size(&up->out)};
+            if (s[0] > x) x = s[0];
+            if (s[3] > x) x = s[3];
+            if (s[0] > need[3]) need[3] = s[0];
+            if (s[1] > need[4]) need[4] = s[1];
+            if (s[2] > need[5]) need[5] = s[2];
+        }
+    need[1] = need[2] = x;
+    p->lfinal = lay(n, net->feat, H, W, blk);
+}
+
+static int unit_ops(eng_net *net, plan *p, int i, float **cur, char *err, size_t errlen)
+{
+    unit_w *uw = &net->units[i];
+    unit_p *up = &p->units[i];
+    dnnl_format_tag_t t_in = layout_tag(up->in.cblk, up->in.c);
+    dnnl_format_tag_t t_mid = layout_tag(up->mid_in.cblk, up->mid_in.c);
+    dnnl_format_tag_t t_out = layout_tag(up->out.cblk, up->out.c);
+    dnnl_memory_desc_t m_in, m_mi, m_mo, m_out;
+    int rc = act_md(&m_in, &up->in, t_in);
+    if (!rc) rc = act_md(&m_mi, &up->mid_in, t_mid);
+    if (!rc) rc = act_md(&m_mo, &up->mid_out, t_mid);
+    if (!rc) rc = act_md(&m_out, &up->out, t_out);
+    if (rc) return eng_errf(err, errlen, rc, "oneDNN: activation descriptor refused");
+    float *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
+    up->x = *cur;
+    up->xo = uw->proj ? (*cur == p->bufs[1] ? p->bufs[2] : p->bufs[1]) : *cur;
+    if ((uw->proj && (rc = conv_op(net, p, &uw->p, &m_in, P, &m_out, up->xo, 0, &up->p, NULL, err,
+                                   errlen))) ||
+        (rc = conv_op(net, p, &uw->a, &m_in, P, &m_mi, A, 0, &up->a, NULL, err, errlen)) ||
+        (rc = conv_op(net, p, &uw->b, &m_mi, A, &m_mo, B, 0, &up->b, NULL, err, errlen)) ||
+        (rc = conv_op(net, p, &uw->c, &m_mo, B, &m_out, up->xo, 1, &up->c, NULL, err, errlen)))
+        return rc;
+    *cur = up->xo;
+    return 0;
+}
+
+static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, size_t errlen)
+{
+    int rc = 0;
+    plan *p = calloc(1, sizeof *p);
+    if (!p || !(p->units = calloc((size_t)net->nunits, sizeof *p->units))) goto oom;
+    p->n = n, p->h = h, p->w = w;
+    DN(dnnl_stream_create(&p->stream, net->eng, dnnl_stream_default_flags));
+    int rh = eng_out_size(h, 7, 2, 3), rw = eng_out_size(w, 7, 2, 3);
+    p->lroot = lay(n, net->arch.width, rh, rw, 1);
+    dnnl_memory_desc_t in_md, root_md;
+    eng_layout lin = {n, 3, h, w, 1};
+    if ((rc = act_md(&in_md, &lin, dnnl_nchw))) goto fail;
+    int blk = choose_cblk(net, p, &in_md, err, errlen);
+    if (blk < 0) { rc = blk; goto fail; }
+    if (blk == net->arch.width && blk != 16 && blk != 8) blk = -1; /* NHWC: block = all channels */
+    p->lroot = lay(n, net->arch.width, rh, rw, blk);
+    p->lpool = lay(n, net->arch.width, eng_out_size(rh, 3, 2, 1), eng_out_size(rw, 3, 2, 1), blk);
+    int64_t need[6];
+    plan_shapes(net, p, blk, need);
+    for (int i = 0; i < 6; i++)
+        if (!(p->bufs[i] = eng_alloc(sizeof(float) * (size_t)(need[i] ? need[i] : 1)))) goto oom;
+    if (!(p->feat = eng_alloc(sizeof(float) * (size_t)n * net->feat))) goto oom;
+    if ((rc = act_md(&root_md, &p->lroot, layout_tag(p->lroot.cblk, p->lroot.c)))) goto fail;
+    if ((rc = conv_op(net, p, &net->root, &in_md, NULL, &root_md, p->bufs[0], 0, &p->root, NULL,
+                      err, errlen)))
+        goto fail;
+    float *cur = p->bufs[1];
+    for (int i = 0; i < net->nunits; i++) {
+        p->nunits_built = i + 1;
+        if ((rc = unit_ops(net, p, i, &cur, err, errlen))) goto fail;
+    }
+    p->final_buf = cur;
+    if (net->arch.head && (rc = head_op(net, p, err, errlen))) goto fail;
+    if (!(p->scratch = eng_alloc(p->scratch_bytes ? p->scratch_bytes : 64))) goto oom;
+    op *all[2] = {&p->root, &p->head};
+    for (int i = 0; i < 2; i++)
+        if (all[i]->prim) DN(dnnl_memory_set_data_handle(all[i]->args[3].memory, p->scratch));
+    for (int u = 0; u < net->nunits; u++) {
+        unit_p *up = &p->units[u];
+        op *uo[] = {&up->a, &up->b, &up->c, &up->p};
+        for (int i = 0; i < 4; i++)
+            if (uo[i]->prim) DN(dnnl_memory_set_data_handle(uo[i]->args[3].memory, p->scratch));
+    }
+    *out = p;
+    return 0;
+oom:
+    rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory building a %dx%dx%d plan", n, h, w);
+fail:
+    plan_free(p);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static plan *plan_acquire(eng_net *net, int n, int h, int w, char *err, size_t errlen, int *rc)
+{
+    pthread_mutex_lock(&net->mu);
+    plan *p, *lru = NULL, **lru_link = NULL;
+    for (plan **link = &net->plans; (p = *link); link = &p->next) {
+        if (!p->busy && p->n == n && p->h == h && p->w == w) break;
+        if (!p->busy && (!lru || p->last_used < lru->last_used)) lru = p, lru_link = link;
+    }
+    if (!p) {
+        if (net->nplans >= net->opts.max_plans && lru) { /* evict the least recently used */
+            *lru_link = lru->next;
+            plan_free(lru);
+            net->nplans--;
+        }
+        /* Built under the lock: weights are packed on first use and shared by all plans. */
+        *rc = plan_build(net, n, h, w, &p, err, errlen);
+        if (*rc) {
+            pthread_mutex_unlock(&net->mu);
+            return NULL;
+        }
+        p->next = net->plans;
+        net->plans = p;
+        net->nplans++;
+    }
+    p->busy = 1;
+    p->last_used = ++net->tick;
+    pthread_mutex_unlock(&net->mu);
+    return p;
+}
+
+static void plan_release(eng_net *net, plan *p)
+{
+    pthread_mutex_lock(&net->mu);
+    p->busy = 0;
+    pthread_mutex_unlock(&net->mu);
+}
+
+static int run(const plan *p, const op *o, char *err, size_t errlen)
+{
+    int rc = 0;
+    DN(dnnl_primitive_execute(o->prim, p->stream, o->nargs, o->args));
+    DN(dnnl_stream_wait(p->stream));
+fail:
+    return rc;
+}
+
+static void tap_layout(eng_tap_fn tap, void *ud, const char *stage, const eng_layout *l,
+                       const float *data)
+{
+    float *plain = malloc(sizeof(float) * (size_t)eng_layout_size(l));
+    if (!plain) return;
+    eng_layout_to_nchw(l, data, plain);
+    tap(ud, stage, plain, l->n, l->c, l->h, l->w);
+    free(plain);
+}
+
+static int unit_run(const eng_net *net, const plan *p, int i, char *err, size_t errlen)
+{
+    const unit_w *uw = &net->units[i];
+    const unit_p *up = &p->units[i];
+    float *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
+    int rc = eng_gn_relu(&up->in, up->x, P, uw->ga.gamma, uw->ga.beta, NULL, NULL);
+    if (!rc && uw->proj) rc = run(p, &up->p, err, errlen);
+    if (!rc) rc = run(p, &up->a, err, errlen);
+    if (!rc) rc = eng_gn_relu(&up->mid_in, A, A, uw->gb.gamma, uw->gb.beta, NULL, NULL);
+    if (!rc) rc = run(p, &up->b, err, errlen);
+    if (!rc) rc = eng_gn_relu(&up->mid_out, B, B, uw->gc.gamma, uw->gc.beta, NULL, NULL);
+    if (!rc) rc = run(p, &up->c, err, errlen);
+    if (rc == ENG_ENOMEM) eng_errf(err, errlen, rc, "out of memory in GroupNorm");
+    return rc;
+}
+
+static int plan_run(const eng_net *net, plan *p, const float *input, float *logits,
+                    eng_tap_fn tap, void *ud, char *err, size_t errlen)
+{
+    int rc = 0;
+    DN(dnnl_memory_set_data_handle(p->root.args[0].memory, (void *)input));
+    if ((rc = run(p, &p->root, err, errlen))) goto fail;
+    if (tap) tap_layout(tap, ud, "root_conv", &p->lroot, p->bufs[0]);
+    eng_pool_root(&p->lroot, p->bufs[0], &p->lpool, p->bufs[1]);
+    if (tap) tap_layout(tap, ud, "root_pool", &p->lpool, p->bufs[1]);
+    for (int b = 0, i = 0; b < 4; b++) {
+        for (int u = 0; u < net->arch.units[b]; u++, i++)
+            if ((rc = unit_run(net, p, i, err, errlen))) goto fail;
+        static const char *names[] = {"block1", "block2", "block3", "block4"};
+        if (tap) tap_layout(tap, ud, names[b], &p->units[i - 1].out, p->units[i - 1].xo);
+    }
+    if (eng_gn_relu_pool(&p->lfinal, p->final_buf, p->feat, net->final.gamma, net->final.beta)) {
+        rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory in GroupNorm");
+        goto fail;
+    }
+    if (tap) tap(ud, "prelogits", p->feat, p->n, net->feat, 1, 1);
+    if (!net->arch.head) {
+        memcpy(logits, p->feat, sizeof(float) * (size_t)p->n * net->feat);
+        return 0;
+    }
+    DN(dnnl_memory_set_data_handle(p->head.args[2].memory, logits));
+    rc = run(p, &p->head, err, errlen);
+fail:
+    return rc;
+}
+
+int eng_net_forward(eng_net *net, const float *input, int n, int h, int w, float *logits,
+                    eng_tap_fn tap, void *tap_ud, char *err, size_t errlen)
+{
+    if (n < 1 || n > 65536 || h < ENG_MIN_RES || w < ENG_MIN_RES || h > MAX_SIDE || w > MAX_SIDE)
+        return eng_errf(err, errlen, ENG_EINVAL,
+                        "input must be [n, 3, h, w] with 1 <= n <= 65536 and %d <= h, w <= %d "
+                        "(got n=%d, h=%d, w=%d)", ENG_MIN_RES, MAX_SIDE, n, h, w);
+    int rc = 0;
+    plan *p = plan_acquire(net, n, h, w, err, errlen, &rc);
+    if (!p) return rc;
+    rc = plan_run(net, p, input, logits, tap, tap_ud, err, errlen);
+    plan_release(net, p);
+    return rc;
+}

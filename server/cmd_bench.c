@@ -1,0 +1,150 @@
+/* bit bench: forward-pass speed of a checkpoint, or of random weights for any released
+ * architecture (so every size can be measured without a download). Reports medians. */
+#include <getopt.h>
+#include <jansson.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "net.h"
+#include "rng.h"
+
+static const char bench_usage[] =
+    "usage: bit bench (--model MODEL.npz | --arch NAME [--head N] [--seed S]) [options]\n\n"
+    "Times the forward pass and prints one JSON object: images_per_sec, ms_per_batch\n"
+    "(median over the timed iterations), gflops (achieved), plan_ms (first call: building\n"
+    "primitives and packing weights) and load_ms.\n\n"
+    "  --model PATH       checkpoint in the official BiT .npz schema\n"
+    "  --arch NAME        random weights: R50x1, R50x3, R101x1, R101x3, R152x2, R152x4\n"
+    "  --head N           classes of the random head (default 21843, BiT-M's)\n"
+    "  --seed S           seed of the random weights and input (default 0)\n"
+    "  --batch B          images per forward pass (default 8)\n"
+    "  --res R            input height and width (default 128)\n"
+    "  --iters N          timed iterations (default 10)\n"
+    "  --warmup N         untimed iterations after the first (default 1)\n"
+    "  --threads N        OpenMP threads (0 = every core; default 0)\n"
+    "  --precision P      f32 (default) or bf16\n";
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct bench_cfg {
+    const char *model, *arch;
+    long head, seed, batch, res, iters, warmup;
+    eng_precision prec;
+} bench_cfg;
+
+static int parse(int argc, char **argv, bench_cfg *c)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"arch", 1, 0, 'a'}, {"head", 1, 0, 'k'}, {"seed", 1, 0, 's'},
+        {"batch", 1, 0, 'b'}, {"res", 1, 0, 'r'}, {"iters", 1, 0, 'i'}, {"warmup", 1, 0, 'w'},
+        {"threads", 1, 0, 'j'}, {"precision", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *c = (bench_cfg){.head = 21843, .batch = 8, .res = 128, .iters = 10, .warmup = 1};
+    int o, bad = 0;
+    optind = 1;
+    if (cli_threads("bench", "0") < 0) return 2;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': c->model = optarg; break;
+        case 'a': c->arch = optarg; break;
+        case 'k': bad |= cli_int("bench", "--head", optarg, 0, 1000000, &c->head); break;
+        case 's': bad |= cli_int("bench", "--seed", optarg, 0, 1L << 62, &c->seed); break;
+        case 'b': bad |= cli_int("bench", "--batch", optarg, 1, 4096, &c->batch); break;
+        case 'r': bad |= cli_int("bench", "--res", optarg, 32, 4096, &c->res); break;
+        case 'i': bad |= cli_int("bench", "--iters", optarg, 1, 100000, &c->iters); break;
+        case 'w': bad |= cli_int("bench", "--warmup", optarg, 0, 100000, &c->warmup); break;
+        case 'j': bad |= cli_threads("bench", optarg); break;
+        case 'p': bad |= cli_precision("bench", optarg, &c->prec); break;
+        case 'h': fputs(bench_usage, stdout); return 1;
+        default: bad = 1;
+        }
+    }
+    if (bad || optind != argc || !c->model == !c->arch) {
+        if (!bad && !c->model == !c->arch) fprintf(stderr, "bit bench: give --model or --arch\n");
+        fputs(bench_usage, stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static int build(const bench_cfg *c, eng_net **net, eng_arch *a)
+{
+    char err[512];
+    eng_npz *z = NULL;
+    eng_net_opts o = {.precision = c->prec};
+    int rc = c->model ? eng_npz_load(c->model, NULL, &z, err, sizeof err)
+                      : eng_arch_by_name(c->arch, (int)c->head, a, err, sizeof err);
+    if (!rc && c->model) rc = eng_arch_from_npz(z, a, err, sizeof err);
+    if (!rc && !c->model) rc = eng_arch_init(a, (uint64_t)c->seed, 1, &z, err, sizeof err);
+    if (!rc) rc = eng_net_new(z, a, &o, net, err, sizeof err);
+    eng_npz_free(z);
+    return rc ? cli_fail("bench", "%s", err) : 0;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    bench_cfg c;
+    int prc = parse(argc, argv, &c);
+    if (prc) return prc == 1 ? 0 : prc;
+    eng_net *net = NULL;
+    eng_arch a;
+    double t0 = now_ms();
+    if (build(&c, &net, &a)) return 1;
+    double load_ms = now_ms() - t0;
+    int n = (int)c.batch, r = (int)c.res, k = eng_net_out_dim(net), rc = 1;
+    size_t in_n = (size_t)n * 3 * r * r;
+    float *x = malloc(sizeof(float) * in_n), *y = malloc(sizeof(float) * (size_t)n * k);
+    double *ms = malloc(sizeof(double) * (size_t)c.iters);
+    char err[512];
+    if (!x || !y || !ms) { cli_fail("bench", "out of memory"); goto done; }
+    eng_rng rng;
+    eng_rng_seed(&rng, (uint64_t)c.seed + 1);
+    for (size_t i = 0; i < in_n; i++) x[i] = (float)(2 * eng_rng_uniform(&rng) - 1);
+    t0 = now_ms();
+    if (eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err)) {
+        cli_fail("bench", "%s", err);
+        goto done;
+    }
+    double plan_ms = now_ms() - t0;
+    for (long i = 0; i < c.warmup; i++) eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err);
+    for (long i = 0; i < c.iters; i++) {
+        t0 = now_ms();
+        eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err);
+        ms[i] = now_ms() - t0;
+    }
+    qsort(ms, (size_t)c.iters, sizeof *ms, cmp_double);
+    double med = c.iters % 2 ? ms[c.iters / 2] : (ms[c.iters / 2 - 1] + ms[c.iters / 2]) / 2;
+    double flops = eng_arch_flops(&a, r, r) * n;
+    json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                          "architecture", eng_arch_name(&a), "head", a.head, "batch", n, "res", r,
+                          "threads", omp_get_max_threads(), "precision",
+                          c.prec == ENG_PREC_BF16 ? "bf16" : "f32", "iters", (int)c.iters,
+                          "ms_per_batch", med, "ms_min", ms[0], "ms_max", ms[c.iters - 1],
+                          "images_per_sec", n / (med / 1e3), "gflops", flops / (med / 1e3) / 1e9,
+                          "plan_ms", plan_ms, "load_ms", load_ms);
+    char *s = json_dumps(o, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+    puts(s);
+    free(s);
+    json_decref(o);
+    rc = 0;
+done:
+    free(x);
+    free(y);
+    free(ms);
+    eng_net_free(net);
+    return rc;
+}
