@@ -1,13 +1,12 @@
 #include "net.h"
 
 #include <math.h>
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dnn.h"
 #include "gn.h"
 
 #define MAX_SIDE 8192
@@ -30,11 +29,7 @@ typedef struct unit_w {
     conv_w a, b, c, p;
 } unit_w;
 
-typedef struct op {
-    dnnl_primitive_t prim;
-    int nargs;
-    dnnl_exec_arg_t args[5];
-} op;
+typedef eng_dnn_op op;
 
 typedef struct unit_p {
     eng_layout in, mid_in, mid_out, out;
@@ -56,10 +51,7 @@ typedef struct plan {
     float *feat;
     void *scratch;
     size_t scratch_bytes;
-    dnnl_memory_t *mems; /* every memory object, for release */
-    int nmems, capmems;
-    float **owned; /* private weight copies when a shape wants another layout */
-    int nowned, capowned;
+    eng_dnn_pool pool; /* memory objects and private weight copies */
     struct plan *next;
 } plan;
 
@@ -80,15 +72,7 @@ struct eng_net {
     uint64_t tick;
 };
 
-#define DN(call)                                                                        \
-    do {                                                                                \
-        dnnl_status_t st_ = (call);                                                     \
-        if (st_ != dnnl_success) {                                                      \
-            rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: %s: %s", #call,              \
-                          dnnl_status2str(st_));                                        \
-            goto fail;                                                                  \
-        }                                                                               \
-    } while (0)
+#define DN ENG_DN
 
 /* ---------------------------------------------------------------- weights */
 
@@ -254,58 +238,6 @@ int eng_net_out_dim(const eng_net *net) { return net->arch.head ? net->arch.head
 
 /* ---------------------------------------------------------------- plans */
 
-static dnnl_memory_t plan_mem(plan *p, dnnl_engine_t eng, const dnnl_memory_desc_t *md, void *h)
-{
-    if (p->nmems == p->capmems) {
-        int cap = p->capmems ? 2 * p->capmems : 64;
-        dnnl_memory_t *m = realloc(p->mems, sizeof *m * (size_t)cap);
-        if (!m) return NULL;
-        p->mems = m, p->capmems = cap;
-    }
-    dnnl_memory_t mem = NULL;
-    if (dnnl_memory_create(&mem, md, eng, h ? h : DNNL_MEMORY_NONE) != dnnl_success) return NULL;
-    p->mems[p->nmems++] = mem;
-    return mem;
-}
-
-static float *plan_own(plan *p, size_t bytes)
-{
-    if (p->nowned == p->capowned) {
-        int cap = p->capowned ? 2 * p->capowned : 16;
-        float **o = realloc(p->owned, sizeof *o * (size_t)cap);
-        if (!o) return NULL;
-        p->owned = o, p->capowned = cap;
-    }
-    float *b = eng_alloc(bytes);
-    if (b) p->owned[p->nowned++] = b;
-    return b;
-}
-
-static int reorder_now(eng_net *net, const dnnl_memory_desc_t *smd, void *src,
-                       const dnnl_memory_desc_t *dmd, void *dst, char *err, size_t errlen)
-{
-    int rc = 0;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_memory_t ms = NULL, md = NULL;
-    dnnl_stream_t s = NULL;
-    DN(dnnl_reorder_primitive_desc_create(&pd, smd, net->eng, dmd, net->eng, NULL));
-    DN(dnnl_primitive_create(&prim, pd));
-    DN(dnnl_memory_create(&ms, smd, net->eng, src));
-    DN(dnnl_memory_create(&md, dmd, net->eng, dst));
-    DN(dnnl_stream_create(&s, net->eng, dnnl_stream_default_flags));
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
-    DN(dnnl_primitive_execute(prim, s, 2, args));
-    DN(dnnl_stream_wait(s));
-fail:
-    if (s) dnnl_stream_destroy(s);
-    if (ms) dnnl_memory_destroy(ms);
-    if (md) dnnl_memory_destroy(md);
-    if (prim) dnnl_primitive_destroy(prim);
-    if (pd) dnnl_primitive_desc_destroy(pd);
-    return rc;
-}
-
 /* Weights in the layout `want`: the shared copy (packed into `want` on first use, under the
  * net's lock), or a private reorder when this shape prefers another layout. */
 static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **data, int *packed,
@@ -319,9 +251,9 @@ static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **da
     }
     int plain = first;
     size_t bytes = dnnl_memory_desc_get_size(want);
-    float *dst = plain ? eng_alloc(bytes) : plan_own(p, bytes);
+    float *dst = plain ? eng_alloc(bytes) : eng_dnn_buf(&p->pool, bytes);
     if (!dst) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory packing weights");
-    int rc = reorder_now(net, md, *data, want, dst, err, errlen);
+    int rc = eng_dnn_reorder(net->eng, NULL, md, *data, want, dst, err, errlen);
     if (rc) {
         if (plain) eng_free(dst);
         return rc;
@@ -335,25 +267,10 @@ static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **da
     return 0;
 }
 
-static int make_attr(const eng_net *net, int sum, dnnl_primitive_attr_t *attr)
-{
-    dnnl_post_ops_t po = NULL;
-    if (dnnl_primitive_attr_create(attr)) return -1;
-    if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user)) return -1;
-    if (net->opts.precision == ENG_PREC_BF16 &&
-        dnnl_primitive_attr_set_fpmath_mode(*attr, dnnl_fpmath_mode_bf16))
-        return -1;
-    if (!sum) return 0;
-    int bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, 1.0f) ||
-              dnnl_primitive_attr_set_post_ops(*attr, po);
-    dnnl_post_ops_destroy(po);
-    return bad ? -1 : 0;
-}
-
 /* Finishes an op from its primitive descriptor: weights, memories, scratchpad size. */
 static int op_finish(eng_net *net, plan *p, dnnl_primitive_desc_t pd, op *o, void *src,
-                     dnnl_memory_desc_t *wmd, float **wdata, int *packed, void *dst, char *err,
-                     size_t errlen)
+                     dnnl_memory_desc_t *wmd, float **wdata, int *packed, void *dst,
+                     const dnnl_memory_desc_t *bias_md, void *bias, char *err, size_t errlen)
 {
     int rc = 0;
     float *w = NULL;
@@ -364,12 +281,17 @@ static int op_finish(eng_net *net, plan *p, dnnl_primitive_desc_t pd, op *o, voi
     if ((rc = weights_for(net, p, wmd, wdata, packed, want, &w, err, errlen))) return rc;
     size_t sb = dnnl_memory_desc_get_size(pmd);
     if (sb > p->scratch_bytes) p->scratch_bytes = sb;
-    o->args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, plan_mem(p, net->eng, smd, src)};
-    o->args[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, plan_mem(p, net->eng, want, w)};
-    o->args[2] = (dnnl_exec_arg_t){DNNL_ARG_DST, plan_mem(p, net->eng, dmd, dst)};
-    o->args[3] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, plan_mem(p, net->eng, pmd, NULL)};
-    o->nargs = 4;
-    for (int i = 0; i < 4; i++)
+    o->nargs = 0;
+    o->args[o->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SRC, eng_dnn_mem(&p->pool, net->eng, smd, src)};
+    o->args[o->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, eng_dnn_mem(&p->pool, net->eng, want, w)};
+    o->args[o->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_DST, eng_dnn_mem(&p->pool, net->eng, dmd, dst)};
+    if (bias_md)
+        o->args[o->nargs++] =
+            (dnnl_exec_arg_t){DNNL_ARG_BIAS, eng_dnn_mem(&p->pool, net->eng, bias_md, bias)};
+    /* the scratchpad is always last: eng_dnn_set_scratch relies on it */
+    o->args[o->nargs++] =
+        (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, eng_dnn_mem(&p->pool, net->eng, pmd, NULL)};
+    for (int i = 0; i < o->nargs; i++)
         if (!o->args[i].memory) return eng_errf(err, errlen, ENG_EDNNL, "oneDNN: memory");
     DN(dnnl_primitive_create(&o->prim, pd));
 fail:
@@ -390,30 +312,18 @@ static int conv_op(eng_net *net, plan *p, conv_w *cw, const dnnl_memory_desc_t *
     DN(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
     DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, smd,
                                           &wany, NULL, dmd, st, pad, pad));
-    if (make_attr(net, sum, &attr)) {
+    if (eng_dnn_attr(net->opts.precision == ENG_PREC_BF16, sum, &attr)) {
         rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
         goto fail;
     }
     DN(dnnl_primitive_desc_create(&pd, &cd, attr, net->eng, NULL));
     if (chosen_dst) *chosen_dst = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-    if (src || dst) rc = op_finish(net, p, pd, o, src, &cw->md, &cw->data, &cw->packed, dst, err, errlen);
+    if (src || dst) rc = op_finish(net, p, pd, o, src, &cw->md, &cw->data, &cw->packed, dst, NULL, NULL, err,
+                       errlen);
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
     return rc;
-}
-
-static int act_md(dnnl_memory_desc_t *md, const eng_layout *l, dnnl_format_tag_t tag)
-{
-    dnnl_dims_t d = {l->n, l->c, l->h, l->w};
-    return dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, tag) == dnnl_success ? 0 : ENG_EDNNL;
-}
-
-static dnnl_format_tag_t layout_tag(int cblk, int c)
-{
-    if (cblk == 16) return dnnl_nChw16c;
-    if (cblk == 8) return dnnl_nChw8c;
-    return cblk == 1 ? dnnl_nchw : (cblk == c ? dnnl_nhwc : dnnl_format_tag_undef);
 }
 
 /* The activation layout is whatever oneDNN picks for the root convolution's output; every
@@ -421,16 +331,18 @@ static dnnl_format_tag_t layout_tag(int cblk, int c)
 static int choose_cblk(eng_net *net, plan *p, const dnnl_memory_desc_t *in_md, char *err,
                        size_t errlen)
 {
-    dnnl_memory_desc_t any, got, cand;
-    int rc = act_md(&any, &p->lroot, dnnl_format_tag_any);
+    dnnl_memory_desc_t any, got;
+    dnnl_dims_t d = {p->lroot.n, p->lroot.c, p->lroot.h, p->lroot.w};
+    int rc = dnnl_memory_desc_init_by_tag(&any, 4, d, dnnl_f32, dnnl_format_tag_any) ? ENG_EDNNL : 0;
     if (rc || (rc = conv_op(net, p, &net->root, in_md, NULL, &any, NULL, 0, NULL, &got, err,
                             errlen)))
         return rc ? rc : eng_errf(err, errlen, ENG_EDNNL, "oneDNN: bad root descriptor");
     int options[] = {16, 8, 1, p->lroot.c};
     for (int i = 0; i < 4; i++) {
-        if (act_md(&cand, &p->lroot, layout_tag(options[i], p->lroot.c)) == 0 &&
-            dnnl_memory_desc_equal(&cand, &got))
-            return options[i];
+        dnnl_memory_desc_t cand;
+        eng_layout l = p->lroot;
+        l.cblk = options[i];
+        if (eng_dnn_act_md(&cand, &l) == 0 && dnnl_memory_desc_equal(&cand, &got)) return options[i];
     }
     return 16; /* an unexpected pick: impose the usual AVX-512 layout */
 }
@@ -453,17 +365,13 @@ static int head_op(eng_net *net, plan *p, char *err, size_t errlen)
     DN(dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x));
     DN(dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_nc));
     DN(dnnl_inner_product_forward_desc_init(&ipd, dnnl_forward_inference, &smd, &wany, &bmd, &dmd));
-    if (make_attr(net, 0, &attr)) {
+    if (eng_dnn_attr(net->opts.precision == ENG_PREC_BF16, 0, &attr)) {
         rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
         goto fail;
     }
     DN(dnnl_primitive_desc_create(&pd, &ipd, attr, net->eng, NULL));
-    if ((rc = op_finish(net, p, pd, &p->head, p->feat, &net->head_md, &net->head_w,
-                        &net->head_packed, NULL, err, errlen)))
-        goto fail;
-    p->head.args[4] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, plan_mem(p, net->eng, &bmd, net->head_b)};
-    p->head.nargs = 5;
-    if (!p->head.args[4].memory) rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: memory");
+    rc = op_finish(net, p, pd, &p->head, p->feat, &net->head_md, &net->head_w, &net->head_packed,
+                   NULL, &bmd, net->head_b, err, errlen);
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
@@ -473,22 +381,15 @@ fail:
 static void plan_free(plan *p)
 {
     if (!p) return;
-    op *ops[] = {&p->root, &p->head};
-    for (int i = 0; i < 2; i++)
-        if (ops[i]->prim) dnnl_primitive_destroy(ops[i]->prim);
-    if (p->units) {
-        for (int u = 0; u < p->nunits_built; u++) {
-            unit_p *up = &p->units[u];
-            op *uo[] = {&up->a, &up->b, &up->c, &up->p};
-            for (int i = 0; i < 4; i++)
-                if (uo[i]->prim) dnnl_primitive_destroy(uo[i]->prim);
-        }
-        free(p->units);
+    eng_dnn_op_fini(&p->root);
+    eng_dnn_op_fini(&p->head);
+    for (int u = 0; p->units && u < p->nunits_built; u++) {
+        unit_p *up = &p->units[u];
+        eng_dnn_op_fini(&up->a), eng_dnn_op_fini(&up->b);
+        eng_dnn_op_fini(&up->c), eng_dnn_op_fini(&up->p);
     }
-    for (int i = 0; i < p->nmems; i++) dnnl_memory_destroy(p->mems[i]);
-    free(p->mems);
-    for (int i = 0; i < p->nowned; i++) eng_free(p->owned[i]);
-    free(p->owned);
+    free(p->units);
+    eng_dnn_pool_fini(&p->pool);
     for (int i = 0; i < 6; i++) eng_free(p->bufs[i]);
     eng_free(p->feat);
     eng_free(p->scratch);
@@ -531,14 +432,11 @@ static int unit_ops(eng_net *net, plan *p, int i, float **cur, char *err, size_t
 {
     unit_w *uw = &net->units[i];
     unit_p *up = &p->units[i];
-    dnnl_format_tag_t t_in = layout_tag(up->in.cblk, up->in.c);
-    dnnl_format_tag_t t_mid = layout_tag(up->mid_in.cblk, up->mid_in.c);
-    dnnl_format_tag_t t_out = layout_tag(up->out.cblk, up->out.c);
     dnnl_memory_desc_t m_in, m_mi, m_mo, m_out;
-    int rc = act_md(&m_in, &up->in, t_in);
-    if (!rc) rc = act_md(&m_mi, &up->mid_in, t_mid);
-    if (!rc) rc = act_md(&m_mo, &up->mid_out, t_mid);
-    if (!rc) rc = act_md(&m_out, &up->out, t_out);
+    int rc = eng_dnn_act_md(&m_in, &up->in);
+    if (!rc) rc = eng_dnn_act_md(&m_mi, &up->mid_in);
+    if (!rc) rc = eng_dnn_act_md(&m_mo, &up->mid_out);
+    if (!rc) rc = eng_dnn_act_md(&m_out, &up->out);
     if (rc) return eng_errf(err, errlen, rc, "oneDNN: activation descriptor refused");
     float *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
     up->x = *cur;
@@ -564,7 +462,7 @@ static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, 
     p->lroot = lay(n, net->arch.width, rh, rw, 1);
     dnnl_memory_desc_t in_md, root_md;
     eng_layout lin = {n, 3, h, w, 1};
-    if ((rc = act_md(&in_md, &lin, dnnl_nchw))) goto fail;
+    if ((rc = eng_dnn_act_md(&in_md, &lin))) goto fail;
     int blk = choose_cblk(net, p, &in_md, err, errlen);
     if (blk < 0) { rc = blk; goto fail; }
     if (blk == net->arch.width && blk != 16 && blk != 8) blk = -1; /* NHWC: block = all channels */
@@ -575,7 +473,7 @@ static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, 
     for (int i = 0; i < 6; i++)
         if (!(p->bufs[i] = eng_alloc(sizeof(float) * (size_t)(need[i] ? need[i] : 1)))) goto oom;
     if (!(p->feat = eng_alloc(sizeof(float) * (size_t)n * net->feat))) goto oom;
-    if ((rc = act_md(&root_md, &p->lroot, layout_tag(p->lroot.cblk, p->lroot.c)))) goto fail;
+    if ((rc = eng_dnn_act_md(&root_md, &p->lroot))) goto fail;
     if ((rc = conv_op(net, p, &net->root, &in_md, NULL, &root_md, p->bufs[0], 0, &p->root, NULL,
                       err, errlen)))
         goto fail;
@@ -587,14 +485,15 @@ static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, 
     p->final_buf = cur;
     if (net->arch.head && (rc = head_op(net, p, err, errlen))) goto fail;
     if (!(p->scratch = eng_alloc(p->scratch_bytes ? p->scratch_bytes : 64))) goto oom;
-    op *all[2] = {&p->root, &p->head};
-    for (int i = 0; i < 2; i++)
-        if (all[i]->prim) DN(dnnl_memory_set_data_handle(all[i]->args[3].memory, p->scratch));
+    int bad = eng_dnn_set_scratch(&p->root, p->scratch) || eng_dnn_set_scratch(&p->head, p->scratch);
     for (int u = 0; u < net->nunits; u++) {
         unit_p *up = &p->units[u];
-        op *uo[] = {&up->a, &up->b, &up->c, &up->p};
-        for (int i = 0; i < 4; i++)
-            if (uo[i]->prim) DN(dnnl_memory_set_data_handle(uo[i]->args[3].memory, p->scratch));
+        bad |= eng_dnn_set_scratch(&up->a, p->scratch) || eng_dnn_set_scratch(&up->b, p->scratch) ||
+               eng_dnn_set_scratch(&up->c, p->scratch) || eng_dnn_set_scratch(&up->p, p->scratch);
+    }
+    if (bad) {
+        rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: cannot attach the scratchpad");
+        goto fail;
     }
     *out = p;
     return 0;
@@ -646,11 +545,7 @@ static void plan_release(eng_net *net, plan *p)
 
 static int run(const plan *p, const op *o, char *err, size_t errlen)
 {
-    int rc = 0;
-    DN(dnnl_primitive_execute(o->prim, p->stream, o->nargs, o->args));
-    DN(dnnl_stream_wait(p->stream));
-fail:
-    return rc;
+    return eng_dnn_exec(p->stream, o, err, errlen);
 }
 
 static void tap_layout(eng_tap_fn tap, void *ud, const char *stage, const eng_layout *l,
