@@ -152,3 +152,162 @@ void eng_layout_to_nchw(const eng_layout *l, const float *src, float *dst)
                 for (int x = 0; x < l->w; x++)
                     dst[eng_layout_off(&plain, n, ch, y, x)] = src[eng_layout_off(l, n, ch, y, x)];
 }
+
+/* ---------------------------------------------------------------- training */
+
+int eng_gn_stats(const eng_layout *l, const float *src, float *mean, float *rstd)
+{
+    int c = l->c, cpg = c / ENG_GN_GROUPS;
+    double *s1 = malloc(sizeof(double) * 2 * (size_t)c), *s2 = s1 ? s1 + c : NULL;
+    if (!s1) return ENG_ENOMEM;
+    double cnt = (double)cpg * l->h * l->w;
+    for (int n = 0; n < l->n; n++) {
+        channel_sums(l, src, n, s1, s2);
+        for (int g = 0; g < ENG_GN_GROUPS; g++) {
+            double m = 0, q = 0;
+            for (int k = g * cpg; k < (g + 1) * cpg; k++) m += s1[k], q += s2[k];
+            m /= cnt;
+            double var = q / cnt - m * m;
+            mean[n * ENG_GN_GROUPS + g] = (float)m;
+            rstd[n * ENG_GN_GROUPS + g] = (float)(1.0 / sqrt((var > 0 ? var : 0) + ENG_GN_EPS));
+        }
+    }
+    free(s1);
+    return 0;
+}
+
+/* Per-channel scale and shift of example n from stored statistics. */
+static void affine_from_stats(int c, const float *gamma, const float *beta, const float *mean,
+                              const float *rstd, int n, float *scale, float *shift)
+{
+    int cpg = c / ENG_GN_GROUPS;
+    for (int k = 0; k < c; k++) {
+        double r = rstd[n * ENG_GN_GROUPS + k / cpg], m = mean[n * ENG_GN_GROUPS + k / cpg];
+        scale[k] = (float)(gamma[k] * r);
+        shift[k] = (float)(beta[k] - gamma[k] * r * m);
+    }
+}
+
+int eng_gn_relu_apply(const eng_layout *l, const float *src, float *dst, const float *gamma,
+                      const float *beta, const float *mean, const float *rstd)
+{
+    int c = l->c, nb = c / l->cblk, b = l->cblk;
+    int64_t hw = (int64_t)l->h * l->w;
+    float *scale = malloc(sizeof(float) * 2 * (size_t)c * l->n);
+    if (!scale) return ENG_ENOMEM;
+    for (int n = 0; n < l->n; n++)
+        affine_from_stats(c, gamma, beta, mean, rstd, n, scale + 2 * (size_t)c * n,
+                          scale + 2 * (size_t)c * n + c);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < l->n; n++)
+        for (int cb = 0; cb < nb; cb++) {
+            int64_t base = ((int64_t)n * nb + cb) * hw * b;
+            const float *sc = scale + 2 * (size_t)c * n + cb * b, *sh = sc + c;
+            const float *p = src + base;
+            float *q = dst + base;
+            for (int64_t i = 0; i < hw; i++, p += b, q += b)
+                #pragma omp simd
+                for (int k = 0; k < b; k++) {
+                    float v = p[k] * sc[k] + sh[k];
+                    q[k] = v > 0 ? v : 0;
+                }
+        }
+    free(scale);
+    return 0;
+}
+
+/* Gradient arriving at the ReLU output of element i of channel ch, example n: from a
+ * tensor dy, or (dy NULL) the head's average pool spreading dfeat evenly. */
+static inline float dy_at(const float *dy, const float *dfeat, int64_t off, int n, int c, int ch,
+                          float inv_hw)
+{
+    return dy ? dy[off] : dfeat[(int64_t)n * c + ch] * inv_hw;
+}
+
+int eng_gn_relu_backward(const eng_layout *l, const float *x, const float *mean,
+                         const float *rstd, const float *gamma, const float *beta,
+                         const float *dy, const float *dfeat, const float *res, float *dx,
+                         float *dgamma, float *dbeta)
+{
+    int c = l->c, nb = c / l->cblk, b = l->cblk, cpg = c / ENG_GN_GROUPS;
+    int64_t hw = (int64_t)l->h * l->w;
+    float inv_hw = 1.0f / (float)hw;
+    double *s = malloc(sizeof(double) * 2 * (size_t)c * l->n);
+    if (!s) return ENG_ENOMEM;
+    /* Pass 1: per example and channel, sums of the masked gradient and of it times x-hat. */
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < l->n; n++)
+        for (int ch = 0; ch < c; ch++) {
+            int g = ch / cpg;
+            double m = mean[n * ENG_GN_GROUPS + g], r = rstd[n * ENG_GN_GROUPS + g];
+            float sc = (float)(gamma[ch] * r), sh = (float)(beta[ch] - gamma[ch] * r * m);
+            int64_t base = ((int64_t)n * nb + ch / b) * hw * b + ch % b;
+            double a1 = 0, a2 = 0;
+            for (int64_t i = 0; i < hw; i++) {
+                float xv = x[base + i * b];
+                if (xv * sc + sh <= 0) continue; /* ReLU passed nothing back */
+                double d = dy_at(dy, dfeat, base + i * b, n, c, ch, inv_hw);
+                a1 += d;
+                a2 += d * ((xv - m) * r);
+            }
+            s[2 * ((size_t)n * c + ch)] = a1;
+            s[2 * ((size_t)n * c + ch) + 1] = a2;
+        }
+    for (int n = 0; n < l->n; n++)
+        for (int ch = 0; ch < c; ch++) {
+            dbeta[ch] += (float)s[2 * ((size_t)n * c + ch)];
+            dgamma[ch] += (float)s[2 * ((size_t)n * c + ch) + 1];
+        }
+    /* Pass 2: dx = r * (gamma * dy_masked - mean_g(gamma * dy) - xhat * mean_g(gamma * dy * xhat)). */
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < l->n; n++)
+        for (int ch = 0; ch < c; ch++) {
+            int g = ch / cpg;
+            double m = mean[n * ENG_GN_GROUPS + g], r = rstd[n * ENG_GN_GROUPS + g];
+            double ga = 0, gb = 0, cnt = (double)cpg * hw;
+            for (int k = g * cpg; k < (g + 1) * cpg; k++) {
+                ga += gamma[k] * s[2 * ((size_t)n * c + k)];
+                gb += gamma[k] * s[2 * ((size_t)n * c + k) + 1];
+            }
+            ga /= cnt, gb /= cnt;
+            float sc = (float)(gamma[ch] * r), sh = (float)(beta[ch] - gamma[ch] * r * m);
+            int64_t base = ((int64_t)n * nb + ch / b) * hw * b + ch % b;
+            for (int64_t i = 0; i < hw; i++) {
+                int64_t o = base + i * b;
+                float xv = x[o];
+                double d = xv * sc + sh > 0 ? dy_at(dy, dfeat, o, n, c, ch, inv_hw) : 0;
+                double xh = (xv - m) * r;
+                float v = (float)(r * (gamma[ch] * d - ga - xh * gb));
+                dx[o] = res ? v + res[o] : v;
+            }
+        }
+    free(s);
+    return 0;
+}
+
+void eng_pool_root_backward(const eng_layout *in, const float *src, const eng_layout *out,
+                            const float *dout, float *dsrc)
+{
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int n = 0; n < in->n; n++)
+        for (int ch = 0; ch < in->c; ch++) {
+            for (int y = 0; y < in->h; y++)
+                for (int x = 0; x < in->w; x++) dsrc[eng_layout_off(in, n, ch, y, x)] = 0;
+            for (int oy = 0; oy < out->h; oy++)
+                for (int ox = 0; ox < out->w; ox++) {
+                    /* First maximum in row-major window order, the zero padding included:
+                     * when a pad cell wins, the gradient goes nowhere. */
+                    float m = -INFINITY;
+                    int64_t at = -1;
+                    for (int ky = 0; ky < 3; ky++)
+                        for (int kx = 0; kx < 3; kx++) {
+                            int y = oy * 2 + ky - 1, x = ox * 2 + kx - 1;
+                            int pad = y < 0 || x < 0 || y >= in->h || x >= in->w;
+                            int64_t o = pad ? -1 : eng_layout_off(in, n, ch, y, x);
+                            float v = pad ? 0.0f : src[o];
+                            if (v > m) m = v, at = o;
+                        }
+                    if (at >= 0) dsrc[at] += dout[eng_layout_off(out, n, ch, oy, ox)];
+                }
+        }
+}

@@ -33,6 +33,22 @@ int eng_gn_relu_pool(const eng_layout *l, const float *src, float *feat, const f
                      const float *beta);
 /* BiT's root pooling: pad by 1 with the value 0 (not -inf), then 3x3 stride-2 max-pool. */
 void eng_pool_root(const eng_layout *in, const float *src, const eng_layout *out, float *dst);
+/* Training: statistics [n * 32] (mean, 1/sqrt(var + eps)) of src. */
+int eng_gn_stats(const eng_layout *l, const float *src, float *mean, float *rstd);
+/* dst = relu(GN(src)) from statistics computed before (forward, or recomputation in backward). */
+int eng_gn_relu_apply(const eng_layout *l, const float *src, float *dst, const float *gamma,
+                      const float *beta, const float *mean, const float *rstd);
+/* Backward of relu(GN(x)): dx = d/dx given the gradient at the ReLU output, which is dy (same
+ * layout as x) or, when dy is NULL, dfeat [n * c] spread evenly over (h, w) (the head's average
+ * pool). Adds res to dx when res is non-NULL (a residual branch; res may equal dx).
+ * dgamma/dbeta are accumulated (+=). */
+int eng_gn_relu_backward(const eng_layout *l, const float *x, const float *mean,
+                         const float *rstd, const float *gamma, const float *beta,
+                         const float *dy, const float *dfeat, const float *res, float *dx,
+                         float *dgamma, float *dbeta);
+/* Backward of eng_pool_root: dsrc (overwritten) from dout. */
+void eng_pool_root_backward(const eng_layout *in, const float *src, const eng_layout *out,
+                            const float *dout, float *dsrc);
 /* Copies a layout to plain NCHW (for taps and tests). */
 void eng_layout_to_nchw(const eng_layout *l, const float *src, float *dst);
 
