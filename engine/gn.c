@@ -216,12 +216,33 @@ int eng_gn_relu_apply(const eng_layout *l, const float *src, float *dst, const f
     return 0;
 }
 
-/* Gradient arriving at the ReLU output of element i of channel ch, example n: from a
- * tensor dy, or (dy NULL) the head's average pool spreading dfeat evenly. */
-static inline float dy_at(const float *dy, const float *dfeat, int64_t off, int n, int c, int ch,
-                          float inv_hw)
+/* Per example and channel block: sums over (h, w) of the ReLU-masked output gradient and of
+ * it times x-hat, lane by lane (contiguous, so the compiler vectorises). dy NULL: the gradient
+ * is dfeat spread evenly over (h, w) by the head's average pool. */
+static void bwd_sums(const eng_layout *l, const float *x, const float *mean, const float *rstd,
+                     const float *gamma, const float *beta, const float *dy, const float *dfeat,
+                     int n, int cb, double *s1, double *s2)
 {
-    return dy ? dy[off] : dfeat[(int64_t)n * c + ch] * inv_hw;
+    int c = l->c, nb = c / l->cblk, b = l->cblk, cpg = c / ENG_GN_GROUPS;
+    int64_t hw = (int64_t)l->h * l->w, base = ((int64_t)n * nb + cb) * hw * b;
+    float sc[b], sh[b], xm[b], xr[b], df[b];
+    for (int k = 0; k < b; k++) {
+        int ch = cb * b + k, g = n * ENG_GN_GROUPS + ch / cpg;
+        double r = rstd[g], m = mean[g];
+        sc[k] = (float)(gamma[ch] * r), sh[k] = (float)(beta[ch] - gamma[ch] * r * m);
+        xm[k] = (float)m, xr[k] = (float)r;
+        df[k] = dy ? 0 : dfeat[(int64_t)n * c + ch] / (float)hw;
+        s1[k] = s2[k] = 0;
+    }
+    for (int64_t i = 0; i < hw; i++) {
+        const float *xp = x + base + i * b, *dp = dy ? dy + base + i * b : df;
+        #pragma omp simd
+        for (int k = 0; k < b; k++) {
+            float d = xp[k] * sc[k] + sh[k] > 0 ? dp[k] : 0.0f;
+            s1[k] += d;
+            s2[k] += (double)d * ((xp[k] - xm[k]) * xr[k]);
+        }
+    }
 }
 
 int eng_gn_relu_backward(const eng_layout *l, const float *x, const float *mean,
@@ -231,54 +252,50 @@ int eng_gn_relu_backward(const eng_layout *l, const float *x, const float *mean,
 {
     int c = l->c, nb = c / l->cblk, b = l->cblk, cpg = c / ENG_GN_GROUPS;
     int64_t hw = (int64_t)l->h * l->w;
-    float inv_hw = 1.0f / (float)hw;
+    if (b > 256) return ENG_EUNSUPPORTED; /* lane arrays live on the stack */
     double *s = malloc(sizeof(double) * 2 * (size_t)c * l->n);
     if (!s) return ENG_ENOMEM;
-    /* Pass 1: per example and channel, sums of the masked gradient and of it times x-hat. */
     #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < l->n; n++)
-        for (int ch = 0; ch < c; ch++) {
-            int g = ch / cpg;
-            double m = mean[n * ENG_GN_GROUPS + g], r = rstd[n * ENG_GN_GROUPS + g];
-            float sc = (float)(gamma[ch] * r), sh = (float)(beta[ch] - gamma[ch] * r * m);
-            int64_t base = ((int64_t)n * nb + ch / b) * hw * b + ch % b;
-            double a1 = 0, a2 = 0;
-            for (int64_t i = 0; i < hw; i++) {
-                float xv = x[base + i * b];
-                if (xv * sc + sh <= 0) continue; /* ReLU passed nothing back */
-                double d = dy_at(dy, dfeat, base + i * b, n, c, ch, inv_hw);
-                a1 += d;
-                a2 += d * ((xv - m) * r);
-            }
-            s[2 * ((size_t)n * c + ch)] = a1;
-            s[2 * ((size_t)n * c + ch) + 1] = a2;
+        for (int cb = 0; cb < nb; cb++) {
+            double *s1 = s + 2 * (size_t)c * n + cb * b;
+            bwd_sums(l, x, mean, rstd, gamma, beta, dy, dfeat, n, cb, s1, s1 + c);
         }
     for (int n = 0; n < l->n; n++)
         for (int ch = 0; ch < c; ch++) {
-            dbeta[ch] += (float)s[2 * ((size_t)n * c + ch)];
-            dgamma[ch] += (float)s[2 * ((size_t)n * c + ch) + 1];
+            dbeta[ch] += (float)s[2 * (size_t)c * n + ch];
+            dgamma[ch] += (float)s[2 * (size_t)c * n + c + ch];
         }
-    /* Pass 2: dx = r * (gamma * dy_masked - mean_g(gamma * dy) - xhat * mean_g(gamma * dy * xhat)). */
+    /* dx = r * (gamma * dy_masked - mean_g(gamma * dy) - xhat * mean_g(gamma * dy * xhat)) */
     #pragma omp parallel for collapse(2) schedule(static)
     for (int n = 0; n < l->n; n++)
-        for (int ch = 0; ch < c; ch++) {
-            int g = ch / cpg;
-            double m = mean[n * ENG_GN_GROUPS + g], r = rstd[n * ENG_GN_GROUPS + g];
-            double ga = 0, gb = 0, cnt = (double)cpg * hw;
-            for (int k = g * cpg; k < (g + 1) * cpg; k++) {
-                ga += gamma[k] * s[2 * ((size_t)n * c + k)];
-                gb += gamma[k] * s[2 * ((size_t)n * c + k) + 1];
+        for (int cb = 0; cb < nb; cb++) {
+            const double *s1 = s + 2 * (size_t)c * n, *s2 = s1 + c;
+            int64_t base = ((int64_t)n * nb + cb) * hw * b;
+            float sc[b], sh[b], xm[b], xr[b], ga[b], gb[b], gr[b], df[b];
+            for (int k = 0; k < b; k++) {
+                int ch = cb * b + k, g = ch / cpg;
+                double r = rstd[n * ENG_GN_GROUPS + g], m = mean[n * ENG_GN_GROUPS + g];
+                double a1 = 0, a2 = 0, cnt = (double)cpg * hw;
+                for (int q = g * cpg; q < (g + 1) * cpg; q++)
+                    a1 += gamma[q] * s1[q], a2 += gamma[q] * s2[q];
+                sc[k] = (float)(gamma[ch] * r), sh[k] = (float)(beta[ch] - gamma[ch] * r * m);
+                xm[k] = (float)m, xr[k] = (float)r;
+                ga[k] = (float)(r * a1 / cnt), gb[k] = (float)(r * a2 / cnt);
+                gr[k] = (float)(gamma[ch] * r);
+                df[k] = dy ? 0 : dfeat[(int64_t)n * c + ch] / (float)hw;
             }
-            ga /= cnt, gb /= cnt;
-            float sc = (float)(gamma[ch] * r), sh = (float)(beta[ch] - gamma[ch] * r * m);
-            int64_t base = ((int64_t)n * nb + ch / b) * hw * b + ch % b;
             for (int64_t i = 0; i < hw; i++) {
                 int64_t o = base + i * b;
-                float xv = x[o];
-                double d = xv * sc + sh > 0 ? dy_at(dy, dfeat, o, n, c, ch, inv_hw) : 0;
-                double xh = (xv - m) * r;
-                float v = (float)(r * (gamma[ch] * d - ga - xh * gb));
-                dx[o] = res ? v + res[o] : v;
+                const float *xp = x + o, *dp = dy ? dy + o : df;
+                float *op = dx + o;
+                const float *rp = res ? res + o : NULL;
+                #pragma omp simd
+                for (int k = 0; k < b; k++) {
+                    float d = xp[k] * sc[k] + sh[k] > 0 ? dp[k] : 0.0f;
+                    float v = gr[k] * d - ga[k] - (xp[k] - xm[k]) * xr[k] * gb[k];
+                    op[k] = rp ? v + rp[k] : v;
+                }
             }
         }
     free(s);

@@ -11,6 +11,9 @@
 #include "cli.h"
 #include "net.h"
 #include "rng.h"
+#include "train.h"
+
+#include <sys/resource.h>
 
 static const char bench_usage[] =
     "usage: bit bench (--model MODEL.npz | --arch NAME [--head N] [--seed S]) [options]\n\n"
@@ -26,7 +29,9 @@ static const char bench_usage[] =
     "  --iters N          timed iterations (default 10)\n"
     "  --warmup N         untimed iterations after the first (default 1)\n"
     "  --threads N        OpenMP threads (0 = every core; default 0)\n"
-    "  --precision P      f32 (default) or bf16\n";
+    "  --precision P      f32 (default) or bf16\n"
+    "  --train            time training steps instead (forward + backward + SGD update, one\n"
+    "                     micro-batch of --batch images per step)\n";
 
 static double now_ms(void)
 {
@@ -45,6 +50,7 @@ typedef struct bench_cfg {
     const char *model, *arch;
     long head, seed, batch, res, iters, warmup;
     eng_precision prec;
+    int train;
 } bench_cfg;
 
 static int parse(int argc, char **argv, bench_cfg *c)
@@ -52,7 +58,8 @@ static int parse(int argc, char **argv, bench_cfg *c)
     static const struct option opts[] = {
         {"model", 1, 0, 'm'}, {"arch", 1, 0, 'a'}, {"head", 1, 0, 'k'}, {"seed", 1, 0, 's'},
         {"batch", 1, 0, 'b'}, {"res", 1, 0, 'r'}, {"iters", 1, 0, 'i'}, {"warmup", 1, 0, 'w'},
-        {"threads", 1, 0, 'j'}, {"precision", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"threads", 1, 0, 'j'}, {"precision", 1, 0, 'p'}, {"help", 0, 0, 'h'},
+        {"train", 0, 0, 'T'}, {0, 0, 0, 0}};
     *c = (bench_cfg){.head = 21843, .batch = 8, .res = 128, .iters = 10, .warmup = 1};
     int o, bad = 0;
     optind = 1;
@@ -69,6 +76,7 @@ static int parse(int argc, char **argv, bench_cfg *c)
         case 'w': bad |= cli_int("bench", "--warmup", optarg, 0, 100000, &c->warmup); break;
         case 'j': bad |= cli_threads("bench", optarg); break;
         case 'p': bad |= cli_precision("bench", optarg, &c->prec); break;
+        case 'T': c->train = 1; break;
         case 'h': fputs(bench_usage, stdout); return 1;
         default: bad = 1;
         }
@@ -81,18 +89,31 @@ static int parse(int argc, char **argv, bench_cfg *c)
     return 0;
 }
 
-static int build(const bench_cfg *c, eng_net **net, eng_arch *a)
+/* The net (inference) or the trainer (--train) of the checkpoint or random weights. */
+static int build(const bench_cfg *c, eng_net **net, eng_trainer **tr, eng_arch *a)
 {
     char err[512];
     eng_npz *z = NULL;
     eng_net_opts o = {.precision = c->prec};
+    eng_train_opts to = {.precision = c->prec, .micro_batch = (int)c->batch, .h = (int)c->res,
+                         .w = (int)c->res};
     int rc = c->model ? eng_npz_load(c->model, NULL, &z, err, sizeof err)
                       : eng_arch_by_name(c->arch, (int)c->head, a, err, sizeof err);
     if (!rc && c->model) rc = eng_arch_from_npz(z, a, err, sizeof err);
     if (!rc && !c->model) rc = eng_arch_init(a, (uint64_t)c->seed, 1, &z, err, sizeof err);
-    if (!rc) rc = eng_net_new(z, a, &o, net, err, sizeof err);
+    if (!rc && c->train) rc = eng_trainer_new(z, a, &to, tr, err, sizeof err);
+    else if (!rc) rc = eng_net_new(z, a, &o, net, err, sizeof err);
     eng_npz_free(z);
     return rc ? cli_fail("bench", "%s", err) : 0;
+}
+
+/* One timed unit of work: a forward pass, or a training step with its update. */
+static int once(eng_net *net, eng_trainer *tr, const float *x, const int64_t *y, float *out,
+                int n, int r, char *err, size_t errlen)
+{
+    if (net) return eng_net_forward(net, x, n, r, r, out, NULL, NULL, err, errlen);
+    int rc = eng_trainer_step(tr, x, y, NULL, 1, 1, NULL, NULL, err, errlen);
+    return rc ? rc : eng_trainer_update(tr, 1e-4, 0.9, 0, err, errlen);
 }
 
 int cmd_bench(int argc, char **argv)
@@ -101,41 +122,50 @@ int cmd_bench(int argc, char **argv)
     int prc = parse(argc, argv, &c);
     if (prc) return prc == 1 ? 0 : prc;
     eng_net *net = NULL;
+    eng_trainer *tr = NULL;
     eng_arch a;
     double t0 = now_ms();
-    if (build(&c, &net, &a)) return 1;
+    if (build(&c, &net, &tr, &a)) return 1;
     double load_ms = now_ms() - t0;
-    int n = (int)c.batch, r = (int)c.res, k = eng_net_out_dim(net), rc = 1;
+    int n = (int)c.batch, r = (int)c.res, k = net ? eng_net_out_dim(net) : a.head, rc = 1;
     size_t in_n = (size_t)n * 3 * r * r;
     float *x = malloc(sizeof(float) * in_n), *y = malloc(sizeof(float) * (size_t)n * k);
+    int64_t *labels = calloc((size_t)n, sizeof *labels);
     double *ms = malloc(sizeof(double) * (size_t)c.iters);
     char err[512];
-    if (!x || !y || !ms) { cli_fail("bench", "out of memory"); goto done; }
+    if (!x || !y || !ms || !labels) { cli_fail("bench", "out of memory"); goto done; }
     eng_rng rng;
     eng_rng_seed(&rng, (uint64_t)c.seed + 1);
     for (size_t i = 0; i < in_n; i++) x[i] = (float)(2 * eng_rng_uniform(&rng) - 1);
+    for (int i = 0; i < n; i++) labels[i] = (int64_t)eng_rng_below(&rng, (uint64_t)k);
     t0 = now_ms();
-    if (eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err)) {
+    if (once(net, tr, x, labels, y, n, r, err, sizeof err)) {
         cli_fail("bench", "%s", err);
         goto done;
     }
     double plan_ms = now_ms() - t0;
-    for (long i = 0; i < c.warmup; i++) eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err);
+    for (long i = 0; i < c.warmup; i++) once(net, tr, x, labels, y, n, r, err, sizeof err);
     for (long i = 0; i < c.iters; i++) {
         t0 = now_ms();
-        eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err);
+        once(net, tr, x, labels, y, n, r, err, sizeof err);
         ms[i] = now_ms() - t0;
     }
     qsort(ms, (size_t)c.iters, sizeof *ms, cmp_double);
     double med = c.iters % 2 ? ms[c.iters / 2] : (ms[c.iters / 2 - 1] + ms[c.iters / 2]) / 2;
-    double flops = eng_arch_flops(&a, r, r) * n;
-    json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+    /* training: forward + backward-data + backward-weights, about three forward passes */
+    double flops = eng_arch_flops(&a, r, r) * n * (c.train ? 3 : 1);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    json_t *o = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:i, s:f, s:f, s:f, s:f, s:f, s:f, "
+                          "s:f, s:f}",
+                          "mode", c.train ? "train" : "inference",
                           "architecture", eng_arch_name(&a), "head", a.head, "batch", n, "res", r,
                           "threads", omp_get_max_threads(), "precision",
                           c.prec == ENG_PREC_BF16 ? "bf16" : "f32", "iters", (int)c.iters,
                           "ms_per_batch", med, "ms_min", ms[0], "ms_max", ms[c.iters - 1],
                           "images_per_sec", n / (med / 1e3), "gflops", flops / (med / 1e3) / 1e9,
-                          "plan_ms", plan_ms, "load_ms", load_ms);
+                          "plan_ms", plan_ms, "load_ms", load_ms, "peak_rss_mb",
+                          ru.ru_maxrss / 1024.0);
     char *s = json_dumps(o, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
     puts(s);
     free(s);
@@ -145,6 +175,8 @@ done:
     free(x);
     free(y);
     free(ms);
+    free(labels);
     eng_net_free(net);
+    eng_trainer_free(tr);
     return rc;
 }
