@@ -145,3 +145,13 @@ int eng_file_write_atomic(const char *path, const void *buf, size_t len,
     }
     return eng_file_commit(fd, tmp, path, err, errlen);
 }
+
+int eng_path_join(char *buf, size_t len, const char *dir, const char *name)
+{
+    int n = snprintf(buf, len, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= len) {
+        if (len) buf[0] = 0;
+        return ENG_EINVAL;
+    }
+    return 0;
+}

@@ -44,4 +44,7 @@ int eng_file_write_atomic(const char *path, const void *buf, size_t len,
 /* Opens "path.tmp.PID" for writing and returns its fd; finish with eng_file_commit. */
 int eng_file_begin(const char *path, char *tmp, size_t tmplen, char *err, size_t errlen);
 int eng_file_commit(int fd, const char *tmp, const char *path, char *err, size_t errlen);
+/* Joins dir and name with '/' into buf; ENG_EINVAL (buf empty) when it does not fit. */
+int eng_path_join(char *buf, size_t len, const char *dir, const char *name);
+
 #endif

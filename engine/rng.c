@@ -53,3 +53,25 @@ double eng_rng_normal(eng_rng *r)
     double u = eng_rng_uniform(r), v = eng_rng_uniform(r);
     return sqrt(-2.0 * log(1.0 - u)) * cos(2.0 * M_PI * v);
 }
+
+double eng_rng_gamma(eng_rng *r, double shape)
+{
+    if (shape < 1) { /* boost: Gamma(a) = Gamma(a + 1) * U^(1/a) */
+        double u = eng_rng_uniform(r);
+        return eng_rng_gamma(r, shape + 1) * pow(1.0 - u, 1.0 / shape);
+    }
+    double d = shape - 1.0 / 3, c = 1.0 / sqrt(9 * d); /* Marsaglia and Tsang */
+    for (;;) {
+        double x = eng_rng_normal(r), v = 1 + c * x;
+        if (v <= 0) continue;
+        v = v * v * v;
+        double u = 1.0 - eng_rng_uniform(r);
+        if (log(u) < 0.5 * x * x + d - d * v + d * log(v)) return d * v;
+    }
+}
+
+double eng_rng_beta(eng_rng *r, double a, double b)
+{
+    double x = eng_rng_gamma(r, a), y = eng_rng_gamma(r, b);
+    return x + y > 0 ? x / (x + y) : 0.5;
+}

@@ -15,5 +15,7 @@ uint64_t eng_rng_u64(eng_rng *r);
 double eng_rng_uniform(eng_rng *r);            /* [0, 1) */
 uint64_t eng_rng_below(eng_rng *r, uint64_t n); /* [0, n), unbiased; n > 0 */
 double eng_rng_normal(eng_rng *r);             /* standard normal */
+double eng_rng_gamma(eng_rng *r, double shape); /* Gamma(shape, 1), shape > 0 */
+double eng_rng_beta(eng_rng *r, double a, double b); /* Beta(a, b): MixUp's lambda */
 
 #endif

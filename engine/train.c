@@ -608,6 +608,13 @@ fail:
     return rc;
 }
 
+int eng_trainer_logits(eng_trainer *t, const float *x, float *logits, char *err, size_t errlen)
+{
+    int rc = forward(t, x, err, errlen);
+    if (!rc) memcpy(logits, t->logits, sizeof(float) * (size_t)t->o.micro_batch * t->classes);
+    return rc;
+}
+
 int eng_trainer_step(eng_trainer *t, const float *x, const int64_t *y, const int64_t *y2,
                      float lam, float scale, double *loss, float *logits, char *err,
                      size_t errlen)

@@ -27,6 +27,8 @@ void eng_trainer_free(eng_trainer *t);
 int eng_trainer_step(eng_trainer *t, const float *x, const int64_t *y, const int64_t *y2,
                      float lam, float scale, double *loss, float *logits, char *err,
                      size_t errlen);
+/* Forward only (evaluation at the training shape): logits [micro, classes]. */
+int eng_trainer_logits(eng_trainer *t, const float *x, float *logits, char *err, size_t errlen);
 /* SGD in PyTorch's form: buf = momentum * buf + grad (+ wd * p for conv kernels);
  * p -= lr * buf; then gradients are zeroed and the kernels re-standardised. */
 int eng_trainer_update(eng_trainer *t, double lr, double momentum, double wd_conv, char *err,

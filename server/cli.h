@@ -10,6 +10,9 @@
 int cmd_inspect(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_finetune(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_dataset(int argc, char **argv);
 
 /* Prints "bit SUB: message" to stderr; returns 1 for use as `return cli_fail(...)`. */
 int cli_fail(const char *sub, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -4,8 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "cli.h"
+#include "labels.h"
 #include "net.h"
+#include "preproc.h"
 
 int cli_precision(const char *sub, const char *s, eng_precision *p)
 {
@@ -30,70 +36,207 @@ int cli_load_net(const char *sub, const char *path, eng_precision prec, eng_net 
 }
 
 static const char predict_usage[] =
-    "usage: bit predict --model MODEL.npz --tensor IN.npy --out OUT.npy [options]\n\n"
-    "Runs a BiT checkpoint on a float32 NCHW batch that is already normalised to [-1, 1]\n"
-    "and writes the float32 logits [N, classes] (or the features when the checkpoint has\n"
-    "no head) as .npy.\n\n"
-    "  --model PATH       checkpoint in the official BiT .npz schema\n"
-    "  --tensor PATH      input batch [N, 3, H, W], H and W >= 32\n"
-    "  --out PATH         where to write the logits\n"
+    "usage: bit predict --model MODEL [--labels labels.txt] [--top-k 5] [--res R] IMAGE...\n"
+    "       bit predict --model MODEL.npz --tensor IN.npy --out OUT.npy\n\n"
+    "Classifies JPEG and PNG images with the evaluation transform (resize to R x R, normalise)\n"
+    "and prints one JSON line per image: file and predictions [{label, index, score}] with\n"
+    "softmax scores, best first. MODEL is an official-schema .npz (labels from --labels or\n"
+    "MODEL.labels.txt beside it) or a fine-tuning run directory (its model, labels and\n"
+    "resolution). With --tensor, runs a float32 NCHW batch already normalised to [-1, 1] and\n"
+    "writes the float32 logits [N, classes] (features when there is no head) as .npy.\n\n"
+    "  --top-k K          predictions per image (default 5)\n"
+    "  --res R            input size (default: the run's, else 128)\n"
     "  --threads N        OpenMP threads (0 = every core; default 0)\n"
     "  --precision P      f32 (default) or bf16\n";
 
-int cmd_predict(int argc, char **argv)
+typedef struct predict_cfg {
+    const char *model, *tensor, *out, *labels;
+    long topk, res;
+    eng_precision prec;
+    char model_path[4200], labels_path[4200];
+} predict_cfg;
+
+/* A run directory stands for its model.npz, labels.txt and resolution; a bare .npz may have
+ * NAME.labels.txt beside it. */
+static void resolve_model(predict_cfg *c)
 {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"tensor", 1, 0, 't'}, {"out", 1, 0, 'o'},
-        {"threads", 1, 0, 'j'}, {"precision", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *model = NULL, *tensor = NULL, *outp = NULL;
-    eng_precision prec = ENG_PREC_F32;
-    int c;
-    optind = 1;
-    if (cli_threads("predict", "0") < 0) return 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 't': tensor = optarg; break;
-        case 'o': outp = optarg; break;
-        case 'j': if (cli_threads("predict", optarg) < 0) return 2; break;
-        case 'p': if (cli_precision("predict", optarg, &prec) < 0) return 2; break;
-        case 'h': fputs(predict_usage, stdout); return 0;
-        default: fputs(predict_usage, stderr); return 2;
+    struct stat st;
+    snprintf(c->model_path, sizeof c->model_path, "%s", c->model);
+    if (stat(c->model, &st) == 0 && S_ISDIR(st.st_mode)) {
+        char state[4200];
+        eng_path_join(c->model_path, sizeof c->model_path, c->model, "model.npz");
+        if (!c->labels && !eng_path_join(c->labels_path, sizeof c->labels_path, c->model, "labels.txt"))
+            c->labels = c->labels_path;
+        if (!c->res && !eng_path_join(state, sizeof state, c->model, "state.json")) {
+            json_t *j = json_load_file(state, 0, NULL);
+            c->res = (long)json_integer_value(
+                json_array_get(json_object_get(json_object_get(j, "resolved"), "resolution"), 1));
+            json_decref(j);
+        }
+    } else if (!c->labels) {
+        size_t n = strlen(c->model);
+        if (n > 4 && n < 4000 && !strcmp(c->model + n - 4, ".npz")) {
+            snprintf(c->labels_path, sizeof c->labels_path, "%.*s.labels.txt", (int)(n - 4), c->model);
+            if (access(c->labels_path, R_OK) == 0) c->labels = c->labels_path;
         }
     }
-    if (!model || !tensor || !outp || optind != argc) {
+    if (c->res < 32) c->res = 128;
+}
+
+static int parse_predict(int argc, char **argv, predict_cfg *c)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"tensor", 1, 0, 't'}, {"out", 1, 0, 'o'}, {"labels", 1, 0, 'l'},
+        {"top-k", 1, 0, 'k'}, {"res", 1, 0, 'r'}, {"threads", 1, 0, 'j'},
+        {"precision", 1, 0, 'p'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    memset(c, 0, sizeof *c);
+    c->topk = 5;
+    int o, bad = 0;
+    optind = 1;
+    if (cli_threads("predict", "0") < 0) return 2;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': c->model = optarg; break;
+        case 't': c->tensor = optarg; break;
+        case 'o': c->out = optarg; break;
+        case 'l': c->labels = optarg; break;
+        case 'k': bad |= cli_int("predict", "--top-k", optarg, 1, 1000, &c->topk); break;
+        case 'r': bad |= cli_int("predict", "--res", optarg, 32, 4096, &c->res); break;
+        case 'j': bad |= cli_threads("predict", optarg); break;
+        case 'p': bad |= cli_precision("predict", optarg, &c->prec); break;
+        case 'h': fputs(predict_usage, stdout); return 1;
+        default: bad = 1;
+        }
+    }
+    int tensor_mode = c->tensor || c->out;
+    if (bad || !c->model || (tensor_mode ? (!c->tensor || !c->out || optind != argc) : optind == argc)) {
         fputs(predict_usage, stderr);
         return 2;
     }
+    resolve_model(c);
+    return 0;
+}
+
+static int predict_tensor(const predict_cfg *c, eng_net *net)
+{
     char err[512];
     eng_tensor *x = NULL, *y = NULL;
-    eng_net *net = NULL;
     int rc = 1;
-    if (eng_npy_load(tensor, &x, err, sizeof err)) {
+    if (eng_npy_load(c->tensor, &x, err, sizeof err)) {
         cli_fail("predict", "%s", err);
         goto done;
     }
-    if (x->dtype != ENG_F32 || x->ndim != 4 || x->shape[1] != 3) {
-        cli_fail("predict", "%s: expected a float32 [N, 3, H, W] tensor", tensor);
+    if (x->dtype != ENG_F32 || x->ndim != 4 || x->shape[1] != 3 || x->shape[0] > 65536 ||
+        x->shape[2] > 8192 || x->shape[3] > 8192) {
+        cli_fail("predict", "%s: expected a float32 [N, 3, H, W] tensor", c->tensor);
         goto done;
     }
-    if (cli_load_net("predict", model, prec, &net)) goto done;
     int64_t shape[2] = {x->shape[0], eng_net_out_dim(net)};
     if (!(y = eng_tensor_new(ENG_F32, 0, 2, shape))) {
         cli_fail("predict", "out of memory");
         goto done;
     }
-    if (x->shape[0] > 65536 || x->shape[2] > 8192 || x->shape[3] > 8192 ||
-        eng_net_forward(net, x->data, (int)x->shape[0], (int)x->shape[2], (int)x->shape[3],
-                        y->data, NULL, NULL, err, sizeof err) ||
-        eng_npy_save(outp, y, err, sizeof err)) {
-        cli_fail("predict", "%s", x->shape[0] > 65536 ? "batch too large" : err);
+    if (eng_net_forward(net, x->data, (int)x->shape[0], (int)x->shape[2], (int)x->shape[3], y->data,
+                        NULL, NULL, err, sizeof err) ||
+        eng_npy_save(c->out, y, err, sizeof err)) {
+        cli_fail("predict", "%s", err);
         goto done;
     }
     rc = 0;
 done:
     eng_tensor_free(x);
     eng_tensor_free(y);
+    return rc;
+}
+
+static void print_prediction(const char *file, const float *logits, int k, int topk,
+                             const eng_labels *labels)
+{
+    int idx[1000];
+    float prob[1000];
+    int n = eng_topk(logits, k, topk, idx, prob);
+    json_t *preds = json_array();
+    for (int i = 0; i < n; i++) {
+        const char *name = eng_labels_get(labels, idx[i]);
+        char num[16];
+        snprintf(num, sizeof num, "%d", idx[i]);
+        json_array_append_new(preds, json_pack("{s:s, s:i, s:f}", "label", name ? name : num,
+                                               "index", idx[i], "score", (double)prob[i]));
+    }
+    json_t *o = json_pack("{s:s, s:o}", "file", file, "predictions", preds);
+    char *s = json_dumps(o, JSON_COMPACT);
+    puts(s);
+    free(s);
+    json_decref(o);
+}
+
+#define PREDICT_CHUNK 16
+
+/* Images in chunks: decode and preprocess, one forward pass, one line per image. An image
+ * that cannot be read gets a line with its error; the exit code is then 1. */
+static int predict_images(const predict_cfg *c, eng_net *net, const eng_labels *labels,
+                          char **files, int nfiles)
+{
+    int r = (int)c->res, k = eng_net_out_dim(net), failed = 0;
+    size_t per = (size_t)3 * r * r;
+    float *x = eng_alloc(sizeof(float) * per * PREDICT_CHUNK);
+    float *y = malloc(sizeof(float) * (size_t)k * PREDICT_CHUNK);
+    if (!x || !y) {
+        eng_free(x), free(y);
+        return cli_fail("predict", "out of memory");
+    }
+    for (int first = 0; first < nfiles; first += PREDICT_CHUNK) {
+        int n = 0, slot[PREDICT_CHUNK];
+        char err[512];
+        for (int i = first; i < nfiles && i < first + PREDICT_CHUNK; i++) {
+            img_rgb8 *img = NULL;
+            if (img_load_file(files[i], NULL, r, &img, err, sizeof err) ||
+                pre_eval(img, r, x + per * (size_t)n, err, sizeof err)) {
+                json_t *o = json_pack("{s:s, s:s}", "file", files[i], "error", err);
+                char *line = json_dumps(o, JSON_COMPACT);
+                puts(line);
+                free(line);
+                json_decref(o);
+                failed = 1;
+            } else {
+                slot[n++] = i;
+            }
+            img_rgb8_free(img);
+        }
+        if (!n) continue;
+        if (eng_net_forward(net, x, n, r, r, y, NULL, NULL, err, sizeof err)) {
+            failed = 1;
+            cli_fail("predict", "%s", err);
+            break;
+        }
+        for (int j = 0; j < n; j++) print_prediction(files[slot[j]], y + (size_t)j * k, k, (int)c->topk, labels);
+    }
+    eng_free(x);
+    free(y);
+    return failed;
+}
+
+int cmd_predict(int argc, char **argv)
+{
+    predict_cfg c;
+    int prc = parse_predict(argc, argv, &c);
+    if (prc) return prc == 1 ? 0 : prc;
+    eng_net *net = NULL;
+    eng_labels *labels = NULL;
+    char err[512];
+    if (cli_load_net("predict", c.model_path, c.prec, &net)) return 1;
+    int rc;
+    if (c.tensor) {
+        rc = predict_tensor(&c, net);
+    } else if (c.labels && eng_labels_load(c.labels, &labels, err, sizeof err)) {
+        rc = cli_fail("predict", "%s", err);
+    } else {
+        if (labels && labels->n != eng_net_out_dim(net))
+            fprintf(stderr, "bit predict: warning: %s has %d labels for %d outputs\n", c.labels,
+                    labels->n, eng_net_out_dim(net));
+        rc = predict_images(&c, net, labels, argv + optind, argc - optind);
+    }
+    eng_labels_free(labels);
     eng_net_free(net);
     return rc;
 }

@@ -14,7 +14,10 @@ static const struct {
 } commands[] = {
     {"inspect", cmd_inspect, "describe a BiT checkpoint (.npz) as JSON"},
     {"predict", cmd_predict, "run a checkpoint on a tensor (.npy) and write the logits"},
-    {"bench", cmd_bench, "measure forward-pass speed on a checkpoint or random weights"},
+    {"finetune", cmd_finetune, "fine-tune a checkpoint on a labelled dataset (BiT-HyperRule)"},
+    {"eval", cmd_eval, "evaluate a model on a dataset: top-1, top-5, loss, per class"},
+    {"dataset", cmd_dataset, "inspect a dataset (directory, archive or tensor .npz)"},
+    {"bench", cmd_bench, "measure forward-pass or training speed"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

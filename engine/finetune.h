@@ -1,0 +1,73 @@
+/* Fine-tuning runs: a base checkpoint plus a dataset become a run directory, step for step as
+ * the official BiT code trains (HyperRule, MixUp, batch split), with evaluation, atomic
+ * checkpoints and exact resume. The CLI and the server's job worker both drive ft_run. */
+#ifndef BIT_FINETUNE_H
+#define BIT_FINETUNE_H
+
+#include <jansson.h>
+
+#include "dataset.h"
+#include "hyper.h"
+#include "net.h"
+
+/* What the user asked for; zero / negative fields mean "the HyperRule decides". */
+typedef struct ft_params {
+    int64_t steps;                          /* scale the rule's schedule to this many steps */
+    int64_t schedule[ENG_MAX_SCHEDULE];     /* explicit boundaries (nsched > 0) */
+    int nsched;
+    int batch, batch_split;
+    double base_lr;                         /* 0: 0.003 */
+    int precrop, crop;
+    double mixup;                           /* < 0: rule; 0 disables */
+    int examples_per_class;
+    uint64_t seed;
+    int64_t eval_every, save_every;         /* 0: at the end only / the default interval */
+    int no_augment, no_shuffle;
+    int loader_threads;
+    eng_precision precision;
+} ft_params;
+
+/* The values a run actually uses, stored in state.json. */
+typedef struct ft_resolved {
+    eng_hyper h;       /* schedule, batch, base_lr, mixup_alpha, precrop, crop */
+    int batch_split, micro;
+    int examples_per_class;
+    uint64_t seed;
+    int64_t eval_every, save_every;
+    int augment, shuffle;
+} ft_resolved;
+
+typedef struct ft_progress {
+    int64_t step, total;
+    double lr, loss, images_per_sec, eta_s;
+} ft_progress;
+
+typedef struct ft_hooks {
+    /* after every step */
+    void (*progress)(void *ud, const ft_progress *p);
+    /* a JSON event: {"type": "eval"|"checkpoint"|"train", "step": ..., ...}; borrowed */
+    void (*event)(void *ud, const json_t *ev);
+    /* polled every step: 0 go on, 1 stop now (cancel), 2 checkpoint then stop (shutdown) */
+    int (*stop)(void *ud);
+    void *ud;
+} ft_hooks;
+
+#define FT_ESTOPPED (-30) /* ft_run ended early because hooks->stop asked */
+
+/* Resolves the HyperRule for a dataset (exported for the API, which shows resolved values). */
+int ft_resolve(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err, size_t errlen);
+json_t *ft_resolved_json(const ft_resolved *r);
+
+/* Trains base (an official-schema .npz) on data (directory, archive or tensor .npz) into
+ * run_dir; with resume, continues from run_dir's last checkpoint (same data and settings).
+ * Writes model.npz (official schema, new head), labels.txt, optimizer.npz, state.json and
+ * metrics.json (final evaluation with per-class accuracy and confusion matrix). */
+int ft_run(const char *base, const char *data, const char *run_dir, const ft_params *p,
+           int resume, const ft_hooks *hooks, char *err, size_t errlen);
+
+/* Evaluation of a model on a split: top-1, top-5, mean loss, per-class accuracy, confusion
+ * matrix (when classes <= 1000). The caller owns the returned object. */
+int ft_evaluate(eng_net *net, const ds_dataset *d, ds_split split, int crop, int batch,
+                json_t **metrics, char *err, size_t errlen);
+
+#endif

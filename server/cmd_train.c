@@ -1,0 +1,293 @@
+/* bit finetune and bit eval: fine-tuning runs and their evaluation from the command line. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "finetune.h"
+
+static const char finetune_usage[] =
+    "usage: bit finetune --model BASE.npz --data DATA --out RUN_DIR [options]\n"
+    "       bit finetune --resume RUN_DIR [options]\n\n"
+    "Fine-tunes a BiT checkpoint on a labelled dataset with the BiT-HyperRule: a new zero head\n"
+    "with one output per class, SGD momentum 0.9, no weight decay. DATA is a directory of\n"
+    "class folders (or train/ and val/), a tar/tar.gz/tar.xz/zip archive of one, or an .npz of\n"
+    "tensors (x, y, optional x_val, y_val, classes). Every rule value can be overridden:\n\n"
+    "  --batch N            images per step (rule: 512)\n"
+    "  --batch-split N      micro-batches per step (memory scales with batch / N)\n"
+    "  --base-lr X          base learning rate (rule: 0.003)\n"
+    "  --schedule a,b,...   warm-up end, decay steps, total steps\n"
+    "  --steps N            scale the rule's schedule to N steps\n"
+    "  --res PRECROP,CROP   resize then random-crop sizes (rule: 160,128 or 512,480)\n"
+    "  --mixup ALPHA        MixUp Beta(alpha, alpha); 0 disables (rule: 0 or 0.1)\n"
+    "  --examples-per-class K   few-shot: K training images per class\n"
+    "  --seed S             data order, augmentation, MixUp, hold-out (default 0)\n"
+    "  --eval-every N       evaluate every N steps (and always at the end)\n"
+    "  --save-every N       checkpoint every N steps (default: 5 %% of the run)\n"
+    "  --no-augment         evaluation transform for training images\n"
+    "  --no-shuffle         stored order, batch after batch\n"
+    "  --threads N          compute threads (0 = every core)\n"
+    "  --loader-threads N   image decoding threads (default 1)\n"
+    "  --precision P        f32 (default) or bf16\n"
+    "  --json               progress as JSON lines instead of a live line\n\n"
+    "The run directory gets model.npz (official BiT schema), labels.txt, optimizer.npz,\n"
+    "state.json, metrics.json and checkpoints/; Ctrl-C checkpoints and stops.\n";
+
+typedef struct cli_run {
+    int json, tty;
+    volatile sig_atomic_t *stop;
+} cli_run;
+
+/* The one global: a signal handler can reach nothing else. */
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) { (void)sig, g_stop = 1; }
+
+static void on_progress(void *ud, const ft_progress *p)
+{
+    cli_run *c = ud;
+    if (c->json) {
+        printf("{\"type\":\"progress\",\"step\":%lld,\"total\":%lld,\"lr\":%g,\"loss\":%.6f,"
+               "\"images_per_sec\":%.2f,\"eta_s\":%.0f}\n",
+               (long long)p->step, (long long)p->total, p->lr, p->loss, p->images_per_sec, p->eta_s);
+        fflush(stdout);
+    } else if (c->tty) {
+        fprintf(stderr, "\rstep %lld/%lld  loss %.4f  lr %.5f  %.1f img/s  eta %.0fs   ",
+                (long long)p->step, (long long)p->total, p->loss, p->lr, p->images_per_sec, p->eta_s);
+    }
+}
+
+static void on_event(void *ud, const json_t *ev)
+{
+    cli_run *c = ud;
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    if (c->json) {
+        char *s = json_dumps(ev, JSON_COMPACT);
+        puts(s);
+        free(s);
+        fflush(stdout);
+    } else if (type && strcmp(type, "train")) {
+        char *s = json_dumps(ev, JSON_COMPACT);
+        fprintf(stderr, "%s%s\n", c->tty ? "\n" : "", s);
+        free(s);
+    }
+}
+
+static int on_stop(void *ud) { return *((cli_run *)ud)->stop ? 2 : 0; }
+
+static int parse_schedule(const char *s, ft_params *p)
+{
+    char *copy = strdup(s), *save = NULL;
+    p->nsched = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long v;
+        if (p->nsched == ENG_MAX_SCHEDULE || cli_int("finetune", "--schedule", tok, 1, 100000000, &v)) {
+            free(copy);
+            return -1;
+        }
+        p->schedule[p->nsched++] = v;
+    }
+    free(copy);
+    return p->nsched >= 2 ? 0 : (cli_fail("finetune", "--schedule needs at least 2 steps"), -1);
+}
+
+static int parse_res(const char *s, ft_params *p)
+{
+    int a, b, n = 0;
+    if (sscanf(s, "%d,%d%n", &a, &b, &n) != 2 || s[n] || a < 32 || b < 32 || b > a || a > 4096)
+        return cli_fail("finetune", "--res is PRECROP,CROP with 32 <= CROP <= PRECROP <= 4096"), -1;
+    p->precrop = a, p->crop = b;
+    return 0;
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !(v >= lo && v <= hi))
+        return cli_fail("finetune", "%s needs a number from %g to %g, not '%s'", opt, lo, hi, s), -1;
+    *out = v;
+    return 0;
+}
+
+typedef struct ft_cli {
+    const char *model, *data, *out, *resume;
+    int json;
+    ft_params p;
+} ft_cli;
+
+static int parse_finetune(int argc, char **argv, ft_cli *c)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"data", 1, 0, 'd'}, {"out", 1, 0, 'o'}, {"resume", 1, 0, 'R'},
+        {"batch", 1, 0, 'b'}, {"batch-split", 1, 0, 'B'}, {"base-lr", 1, 0, 'l'},
+        {"schedule", 1, 0, 'S'}, {"steps", 1, 0, 's'}, {"res", 1, 0, 'r'}, {"mixup", 1, 0, 'x'},
+        {"examples-per-class", 1, 0, 'k'}, {"seed", 1, 0, 'z'}, {"eval-every", 1, 0, 'e'},
+        {"save-every", 1, 0, 'v'}, {"no-augment", 0, 0, 'A'}, {"no-shuffle", 0, 0, 'U'},
+        {"threads", 1, 0, 'j'}, {"loader-threads", 1, 0, 'L'}, {"precision", 1, 0, 'p'},
+        {"json", 0, 0, 'J'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    memset(c, 0, sizeof *c);
+    c->p.mixup = -1;
+    optind = 1;
+    if (cli_threads("finetune", "0") < 0) return 2;
+    int o, bad = 0;
+    long v;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': c->model = optarg; break;
+        case 'd': c->data = optarg; break;
+        case 'o': c->out = optarg; break;
+        case 'R': c->resume = optarg; break;
+        case 'b': bad |= cli_int("finetune", "--batch", optarg, 1, 65536, &v); c->p.batch = (int)v; break;
+        case 'B': bad |= cli_int("finetune", "--batch-split", optarg, 1, 65536, &v); c->p.batch_split = (int)v; break;
+        case 'l': bad |= parse_double("--base-lr", optarg, 1e-9, 10, &c->p.base_lr); break;
+        case 'S': bad |= parse_schedule(optarg, &c->p); break;
+        case 's': bad |= cli_int("finetune", "--steps", optarg, 1, 100000000, &v); c->p.steps = v; break;
+        case 'r': bad |= parse_res(optarg, &c->p); break;
+        case 'x': bad |= parse_double("--mixup", optarg, 0, 100, &c->p.mixup); break;
+        case 'k': bad |= cli_int("finetune", "--examples-per-class", optarg, 1, 1000000, &v); c->p.examples_per_class = (int)v; break;
+        case 'z': bad |= cli_int("finetune", "--seed", optarg, 0, 1L << 62, &v); c->p.seed = (uint64_t)v; break;
+        case 'e': bad |= cli_int("finetune", "--eval-every", optarg, 1, 100000000, &v); c->p.eval_every = v; break;
+        case 'v': bad |= cli_int("finetune", "--save-every", optarg, 1, 100000000, &v); c->p.save_every = v; break;
+        case 'A': c->p.no_augment = 1; break;
+        case 'U': c->p.no_shuffle = 1; break;
+        case 'j': bad |= cli_threads("finetune", optarg); break;
+        case 'L': bad |= cli_int("finetune", "--loader-threads", optarg, 1, 256, &v); c->p.loader_threads = (int)v; break;
+        case 'p': bad |= cli_precision("finetune", optarg, &c->p.precision); break;
+        case 'J': c->json = 1; break;
+        case 'h': fputs(finetune_usage, stdout); return 1;
+        default: bad = 1;
+        }
+    }
+    if (!bad && optind == argc && (c->resume ? !c->out : (c->model && c->data && c->out))) return 0;
+    if (!bad && !c->resume && optind == argc)
+        cli_fail("finetune", "--model, --data and --out are required (or --resume RUN_DIR)");
+    fputs(finetune_usage, stderr);
+    return 2;
+}
+
+int cmd_finetune(int argc, char **argv)
+{
+    ft_cli c;
+    int prc = parse_finetune(argc, argv, &c);
+    if (prc) return prc == 1 ? 0 : prc;
+    cli_run cr = {.json = c.json, .tty = isatty(2), .stop = &g_stop};
+    ft_hooks hooks = {on_progress, on_event, on_stop, &cr};
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    char err[1024];
+    const char *dir = c.resume ? c.resume : c.out;
+    int rc = ft_run(c.model, c.data, dir, &c.p, c.resume != NULL, &hooks, err, sizeof err);
+    if (cr.tty && !c.json) fputc('\n', stderr);
+    if (rc == FT_ESTOPPED) {
+        fprintf(stderr, "bit finetune: %s; checkpoint saved, continue with --resume %s\n", err, dir);
+        return 130;
+    }
+    if (rc) return cli_fail("finetune", "%s", err);
+    char metrics[4200];
+    if (eng_path_join(metrics, sizeof metrics, dir, "metrics.json") == 0) {
+        json_t *m = json_load_file(metrics, 0, NULL);
+        json_t *val = json_object_get(m, "val");
+        json_t *sum = json_pack("{s:s, s:s, s:O, s:O, s:O}", "type", "done", "run", dir, "val_top1",
+                                json_object_get(val, "top1") ? json_object_get(val, "top1") : json_null(),
+                                "val_top5", json_object_get(val, "top5") ? json_object_get(val, "top5") : json_null(),
+                                "val_loss", json_object_get(val, "loss") ? json_object_get(val, "loss") : json_null());
+        char *s = json_dumps(sum, JSON_COMPACT);
+        puts(s);
+        free(s);
+        json_decref(sum);
+        json_decref(m);
+    }
+    return 0;
+}
+
+static const char eval_usage[] =
+    "usage: bit eval --model RUN_DIR|MODEL.npz --data DATA [options]\n\n"
+    "Evaluates a model on a dataset's validation split (or --split train) and prints JSON:\n"
+    "top1, top5, loss, per-class accuracy and (up to 1000 classes) the confusion matrix.\n"
+    "With a run directory, its resolution and seed (hence the same hold-out) are used.\n\n"
+    "  --split S       val (default) or train\n"
+    "  --res CROP      evaluation size for a bare MODEL.npz (default 128)\n"
+    "  --seed S        hold-out seed for a bare MODEL.npz (default 0)\n"
+    "  --batch N       images per forward pass (default 32)\n"
+    "  --threads N     compute threads (0 = every core)\n";
+
+/* For a run directory: its model, crop and seed. */
+static int run_settings(const char *dir, char *model, size_t len, long *crop, long *seed)
+{
+    char st[4200];
+    struct stat sb;
+    if (stat(dir, &sb) || !S_ISDIR(sb.st_mode)) return 0;
+    if (eng_path_join(model, len, dir, "model.npz") || eng_path_join(st, sizeof st, dir, "state.json"))
+        return -1;
+    json_t *s = json_load_file(st, 0, NULL), *r = json_object_get(s, "resolved");
+    if (!r) {
+        json_decref(s);
+        return cli_fail("eval", "%s: not a run directory (no state.json)", dir), -1;
+    }
+    *crop = (long)json_integer_value(json_array_get(json_object_get(r, "resolution"), 1));
+    *seed = (long)json_integer_value(json_object_get(r, "seed"));
+    json_decref(s);
+    return 0;
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'}, {"data", 1, 0, 'd'}, {"split", 1, 0, 's'}, {"res", 1, 0, 'r'},
+        {"seed", 1, 0, 'z'}, {"batch", 1, 0, 'b'}, {"threads", 1, 0, 'j'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *model = NULL, *data = NULL;
+    long crop = 128, seed = 0, batch = 32;
+    int o, bad = 0, split = DS_VAL;
+    optind = 1;
+    if (cli_threads("eval", "0") < 0) return 2;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 's':
+            if (!strcmp(optarg, "train")) split = DS_TRAIN;
+            else if (strcmp(optarg, "val")) bad = 1, cli_fail("eval", "--split is val or train");
+            break;
+        case 'r': bad |= cli_int("eval", "--res", optarg, 32, 4096, &crop); break;
+        case 'z': bad |= cli_int("eval", "--seed", optarg, 0, 1L << 62, &seed); break;
+        case 'b': bad |= cli_int("eval", "--batch", optarg, 1, 4096, &batch); break;
+        case 'j': bad |= cli_threads("eval", optarg); break;
+        case 'h': fputs(eval_usage, stdout); return 0;
+        default: bad = 1;
+        }
+    }
+    if (bad || !model || !data || optind != argc) {
+        fputs(eval_usage, stderr);
+        return 2;
+    }
+    char path[4200], err[1024];
+    snprintf(path, sizeof path, "%s", model);
+    if (run_settings(model, path, sizeof path, &crop, &seed)) return 1;
+    eng_net *net = NULL;
+    ds_dataset *d = NULL;
+    json_t *m = NULL;
+    ds_opts dso = {.seed = (uint64_t)seed};
+    int rc = 1;
+    if (cli_load_net("eval", path, ENG_PREC_F32, &net)) goto done;
+    if (ds_open(data, &dso, &d, err, sizeof err) ||
+        ft_evaluate(net, d, split, (int)crop, (int)batch, &m, err, sizeof err)) {
+        cli_fail("eval", "%s", err);
+        goto done;
+    }
+    char *s = json_dumps(m, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    puts(s);
+    free(s);
+    rc = 0;
+done:
+    json_decref(m);
+    ds_free(d);
+    eng_net_free(net);
+    return rc;
+}
