@@ -17,6 +17,29 @@
 
 /* ---------------------------------------------------------------- hyper-parameters */
 
+/* The upstream recipe: epochs turned into steps for this dataset and batch. */
+static int pretrain_schedule(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err,
+                             size_t errlen)
+{
+    double epochs = p->epochs > 0 ? p->epochs : 90;
+    int64_t per_epoch = (ds_size(d, DS_TRAIN) + r->h.batch - 1) / r->h.batch;
+    int64_t total = (int64_t)(epochs * (double)per_epoch + 0.5);
+    if (total < 5 || total > 100000000)
+        return eng_errf(err, errlen, ENG_EINVAL, "pre-training would take %lld steps", (long long)total);
+    int64_t warm = p->warmup_steps > 0 ? p->warmup_steps : 500;
+    if (warm > total / 10) warm = total / 10 > 0 ? total / 10 : 1;
+    int64_t b[3] = {total * 30 / 90, total * 60 / 90, total * 80 / 90};
+    r->h.nsched = 5;
+    r->h.schedule[0] = warm;
+    for (int i = 0; i < 3; i++) r->h.schedule[i + 1] = b[i] > r->h.schedule[i] ? b[i] : r->h.schedule[i] + 1;
+    r->h.schedule[4] = total > r->h.schedule[3] ? total : r->h.schedule[3] + 1;
+    if (p->base_lr <= 0) r->h.base_lr = 0.03 * r->h.batch / 256;
+    if (p->mixup < 0) r->h.mixup_alpha = 0;
+    r->weight_decay = p->weight_decay >= 0 ? p->weight_decay : 1e-4;
+    r->pretrain = 1;
+    return 0;
+}
+
 int ft_resolve(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
@@ -56,21 +79,24 @@ int ft_resolve(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *er
                                       : (total / DEFAULT_SAVE_FRACTION > 0 ? total / DEFAULT_SAVE_FRACTION : 1);
     r->augment = !p->no_augment && !th;
     r->shuffle = !p->no_shuffle;
-    return 0;
+    r->weight_decay = p->weight_decay >= 0 ? p->weight_decay : 0;
+    return p->init_arch ? pretrain_schedule(p, d, r, err, errlen) : 0;
 }
 
 json_t *ft_resolved_json(const ft_resolved *r)
 {
     json_t *s = json_array();
     for (int i = 0; i < r->h.nsched; i++) json_array_append_new(s, json_integer(r->h.schedule[i]));
-    return json_pack("{s:i, s:i, s:i, s:f, s:o, s:I, s:[i,i], s:f, s:i, s:I, s:I, s:I, s:b, s:b}",
+    return json_pack("{s:i, s:i, s:i, s:f, s:o, s:I, s:[i,i], s:f, s:i, s:I, s:I, s:I, s:b, s:b, "
+                     "s:f, s:b}",
                      "batch", r->h.batch, "batch_split", r->batch_split, "micro_batch", r->micro,
                      "base_lr", r->h.base_lr, "schedule", s,
                      "steps", (json_int_t)r->h.schedule[r->h.nsched - 1], "resolution",
                      r->h.precrop, r->h.crop, "mixup", r->h.mixup_alpha, "examples_per_class",
                      r->examples_per_class, "seed", (json_int_t)r->seed, "eval_every",
                      (json_int_t)r->eval_every, "save_every", (json_int_t)r->save_every,
-                     "augment", r->augment, "shuffle", r->shuffle);
+                     "augment", r->augment, "shuffle", r->shuffle, "weight_decay",
+                     r->weight_decay, "pretrain", r->pretrain);
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -374,7 +400,7 @@ static int train_step(run *R, ds_loader *l, float *x, float *tmp, int64_t *y, in
             return rc;
         *loss += lm / split;
     }
-    return eng_trainer_update(R->t, lr, 0.9, 0, err, errlen);
+    return eng_trainer_update(R->t, lr, 0.9, R->r.weight_decay, err, errlen);
 }
 
 static int resolved_from_json(const json_t *j, ft_resolved *r)
@@ -399,6 +425,8 @@ static int resolved_from_json(const json_t *j, ft_resolved *r)
     r->save_every = json_integer_value(json_object_get(j, "save_every"));
     r->augment = json_is_true(json_object_get(j, "augment"));
     r->shuffle = json_is_true(json_object_get(j, "shuffle"));
+    r->weight_decay = json_number_value(json_object_get(j, "weight_decay"));
+    r->pretrain = json_is_true(json_object_get(j, "pretrain"));
     if (r->h.batch < 1 || r->batch_split < 1 || r->micro * r->batch_split != r->h.batch ||
         r->h.crop < 32 || r->h.precrop < r->h.crop)
         return ENG_EFORMAT;
@@ -505,8 +533,15 @@ static int load_npz_at(const char *dir, const char *file, eng_npz **z, char *err
 /* A fresh run: base weights with a new head, the HyperRule resolved for the dataset. */
 static int setup_fresh(run *R, const ft_params *p, eng_npz **z, char *err, size_t errlen)
 {
-    int rc = eng_npz_load(R->base, NULL, z, err, errlen);
-    if (!rc) rc = eng_arch_from_npz(*z, &R->arch, err, errlen);
+    int rc;
+    if (p->init_arch) { /* pre-training: He-normal kernels, GN 1/0, zero head */
+        R->arch = *p->init_arch;
+        R->base = "(random initialisation)";
+        rc = eng_arch_init(&R->arch, p->seed, 0, z, err, errlen);
+    } else {
+        rc = eng_npz_load(R->base, NULL, z, err, errlen);
+        if (!rc) rc = eng_arch_from_npz(*z, &R->arch, err, errlen);
+    }
     if (!rc) rc = ft_resolve(p, R->d, &R->r, err, errlen);
     if (!rc && new_head(*z, &R->arch, ds_num_classes(R->d)))
         rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
@@ -595,7 +630,8 @@ int ft_run(const char *base, const char *data, const char *run_dir, const ft_par
     if (!run_dir || strlen(run_dir) > 3000)
         return eng_errf(err, errlen, ENG_EINVAL, "the run directory path is missing or too long");
     int rc = resume ? resume_state(&R, ck, sizeof ck, &state, &dso, err, errlen)
-                    : (!base || !data) ? eng_errf(err, errlen, ENG_EINVAL, "a base model and data are needed")
+                    : ((!base && !p->init_arch) || !data)
+                          ? eng_errf(err, errlen, ENG_EINVAL, "a base model and data are needed")
                                        : fresh_dir_ok(run_dir, err, errlen);
     if (!rc) rc = ds_open(R.data, &dso, &R.d, err, errlen);
     if (rc) goto fail;

@@ -25,6 +25,13 @@ typedef struct ft_params {
     int no_augment, no_shuffle;
     int loader_threads;
     eng_precision precision;
+    /* Upstream pre-training (bit pretrain) instead of fine-tuning: train init_arch from random
+     * initialisation with the paper's recipe: lr 0.03 * batch / 256, linear warm-up, / 10 at
+     * 30, 60 and 80 of `epochs` = 90 epochs, weight decay 1e-4 on the conv kernels. */
+    const eng_arch *init_arch;
+    double epochs;          /* pre-training length (0: 90) */
+    int64_t warmup_steps;   /* pre-training warm-up (0: 500, at most a tenth of the run) */
+    double weight_decay;    /* on conv kernels; < 0: the recipe's (0 fine-tuning, 1e-4 pre-training) */
 } ft_params;
 
 /* The values a run actually uses, stored in state.json. */
@@ -35,6 +42,8 @@ typedef struct ft_resolved {
     uint64_t seed;
     int64_t eval_every, save_every;
     int augment, shuffle;
+    double weight_decay;
+    int pretrain;
 } ft_resolved;
 
 typedef struct ft_progress {

@@ -37,6 +37,22 @@ static const char finetune_usage[] =
     "The run directory gets model.npz (official BiT schema), labels.txt, optimizer.npz,\n"
     "state.json, metrics.json and checkpoints/; Ctrl-C checkpoints and stops.\n";
 
+static const char pretrain_usage[] =
+    "usage: bit pretrain (--arch NAME | --units A,B,C,D [--width W]) --data DATA --out RUN_DIR\n"
+    "                    [options]\n"
+    "       bit pretrain --resume RUN_DIR\n\n"
+    "Trains a BiT architecture from random initialisation (He-normal kernels, GroupNorm 1/0,\n"
+    "zero head) with the paper's upstream recipe: SGD momentum 0.9, weight decay 1e-4 on the\n"
+    "conv kernels, lr 0.03 * batch / 256 with linear warm-up, divided by 10 at 30, 60 and 80\n"
+    "of 90 epochs. The result is a checkpoint `bit finetune` accepts as a base model.\n\n"
+    "  --arch NAME          R50x1, R50x3, R101x1, R101x3, R152x2, R152x4\n"
+    "  --units A,B,C,D      units per block of a custom architecture (with --width, default 64)\n"
+    "  --epochs E           length (default 90; the decay epochs scale with it)\n"
+    "  --warmup-steps N     linear warm-up (default 500, at most a tenth of the run)\n"
+    "  --batch N            images per step (default 512), also --batch-split, --base-lr,\n"
+    "                       --res, --mixup, --weight-decay, --seed, --eval-every, --save-every,\n"
+    "                       --threads, --loader-threads, --precision, --json as for finetune\n";
+
 typedef struct cli_run {
     int json, tty;
     volatile sig_atomic_t *stop;
@@ -116,11 +132,25 @@ static int parse_double(const char *opt, const char *s, double lo, double hi, do
 
 typedef struct ft_cli {
     const char *model, *data, *out, *resume;
-    int json;
+    int json, pretrain, have_arch;
+    eng_arch arch;
     ft_params p;
 } ft_cli;
 
-static int parse_finetune(int argc, char **argv, ft_cli *c)
+static int parse_units(const char *s, eng_arch *a)
+{
+    int n = 0;
+    if (sscanf(s, "%d,%d,%d,%d%n", &a->units[0], &a->units[1], &a->units[2], &a->units[3], &n) != 4 ||
+        s[n])
+        return cli_fail("pretrain", "--units is four counts, e.g. 3,4,6,3"), -1;
+    for (int i = 0; i < 4; i++)
+        if (a->units[i] < 1 || a->units[i] > 99)
+            return cli_fail("pretrain", "every block needs 1 to 99 units"), -1;
+    return 0;
+}
+
+/* The options of bit finetune and, with pretrain set, of bit pretrain. */
+static int parse_finetune(int argc, char **argv, ft_cli *c, int pretrain)
 {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'}, {"data", 1, 0, 'd'}, {"out", 1, 0, 'o'}, {"resume", 1, 0, 'R'},
@@ -129,9 +159,15 @@ static int parse_finetune(int argc, char **argv, ft_cli *c)
         {"examples-per-class", 1, 0, 'k'}, {"seed", 1, 0, 'z'}, {"eval-every", 1, 0, 'e'},
         {"save-every", 1, 0, 'v'}, {"no-augment", 0, 0, 'A'}, {"no-shuffle", 0, 0, 'U'},
         {"threads", 1, 0, 'j'}, {"loader-threads", 1, 0, 'L'}, {"precision", 1, 0, 'p'},
-        {"json", 0, 0, 'J'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"json", 0, 0, 'J'}, {"help", 0, 0, 'h'}, {"weight-decay", 1, 0, 'W'},
+        {"arch", 1, 0, 'a'}, {"units", 1, 0, 'u'}, {"width", 1, 0, 'w'}, {"epochs", 1, 0, 'E'},
+        {"warmup-steps", 1, 0, 'M'}, {0, 0, 0, 0}};
+    const char *sub = pretrain ? "pretrain" : "finetune";
     memset(c, 0, sizeof *c);
     c->p.mixup = -1;
+    c->p.weight_decay = -1;
+    c->pretrain = pretrain;
+    c->arch.width = 64;
     optind = 1;
     if (cli_threads("finetune", "0") < 0) return 2;
     int o, bad = 0;
@@ -159,21 +195,37 @@ static int parse_finetune(int argc, char **argv, ft_cli *c)
         case 'L': bad |= cli_int("finetune", "--loader-threads", optarg, 1, 256, &v); c->p.loader_threads = (int)v; break;
         case 'p': bad |= cli_precision("finetune", optarg, &c->p.precision); break;
         case 'J': c->json = 1; break;
-        case 'h': fputs(finetune_usage, stdout); return 1;
+        case 'W': bad |= parse_double("--weight-decay", optarg, 0, 1, &c->p.weight_decay); break;
+        case 'E': bad |= parse_double("--epochs", optarg, 0.001, 100000, &c->p.epochs); break;
+        case 'M': bad |= cli_int(sub, "--warmup-steps", optarg, 1, 100000000, &v); c->p.warmup_steps = v; break;
+        case 'a': {
+            char e[256];
+            if (eng_arch_by_name(optarg, 0, &c->arch, e, sizeof e)) bad = 1, cli_fail(sub, "%s", e);
+            c->have_arch = 1;
+            break;
+        }
+        case 'u': bad |= parse_units(optarg, &c->arch); c->have_arch = 1; break;
+        case 'w': bad |= cli_int(sub, "--width", optarg, 32, 4096, &v); c->arch.width = (int)v;
+            if (v % 32) bad = 1, cli_fail(sub, "--width must be a multiple of 32");
+            break;
+        case 'h': fputs(pretrain ? pretrain_usage : finetune_usage, stdout); return 1;
         default: bad = 1;
         }
     }
-    if (!bad && optind == argc && (c->resume ? !c->out : (c->model && c->data && c->out))) return 0;
+    if (pretrain && c->have_arch) c->p.init_arch = &c->arch;
+    int need = pretrain ? (c->have_arch && c->data && c->out) : (c->model && c->data && c->out);
+    if (!bad && optind == argc && (c->resume ? !c->out : need)) return 0;
     if (!bad && !c->resume && optind == argc)
-        cli_fail("finetune", "--model, --data and --out are required (or --resume RUN_DIR)");
-    fputs(finetune_usage, stderr);
+        cli_fail(sub, "%s, --data and --out are required (or --resume RUN_DIR)",
+                 pretrain ? "--arch (or --units)" : "--model");
+    fputs(pretrain ? pretrain_usage : finetune_usage, stderr);
     return 2;
 }
 
-int cmd_finetune(int argc, char **argv)
+static int run_cli(int argc, char **argv, int pretrain)
 {
     ft_cli c;
-    int prc = parse_finetune(argc, argv, &c);
+    int prc = parse_finetune(argc, argv, &c, pretrain);
     if (prc) return prc == 1 ? 0 : prc;
     cli_run cr = {.json = c.json, .tty = isatty(2), .stop = &g_stop};
     ft_hooks hooks = {on_progress, on_event, on_stop, &cr};
@@ -184,11 +236,12 @@ int cmd_finetune(int argc, char **argv)
     const char *dir = c.resume ? c.resume : c.out;
     int rc = ft_run(c.model, c.data, dir, &c.p, c.resume != NULL, &hooks, err, sizeof err);
     if (cr.tty && !c.json) fputc('\n', stderr);
+    const char *sub = pretrain ? "pretrain" : "finetune";
     if (rc == FT_ESTOPPED) {
-        fprintf(stderr, "bit finetune: %s; checkpoint saved, continue with --resume %s\n", err, dir);
+        fprintf(stderr, "bit %s: %s; checkpoint saved, continue with --resume %s\n", sub, err, dir);
         return 130;
     }
-    if (rc) return cli_fail("finetune", "%s", err);
+    if (rc) return cli_fail(sub, "%s", err);
     char metrics[4200];
     if (eng_path_join(metrics, sizeof metrics, dir, "metrics.json") == 0) {
         json_t *m = json_load_file(metrics, 0, NULL);
@@ -205,6 +258,9 @@ int cmd_finetune(int argc, char **argv)
     }
     return 0;
 }
+
+int cmd_finetune(int argc, char **argv) { return run_cli(argc, argv, 0); }
+int cmd_pretrain(int argc, char **argv) { return run_cli(argc, argv, 1); }
 
 static const char eval_usage[] =
     "usage: bit eval --model RUN_DIR|MODEL.npz --data DATA [options]\n\n"

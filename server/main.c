@@ -15,6 +15,7 @@ static const struct {
     {"inspect", cmd_inspect, "describe a BiT checkpoint (.npz) as JSON"},
     {"predict", cmd_predict, "run a checkpoint on a tensor (.npy) and write the logits"},
     {"finetune", cmd_finetune, "fine-tune a checkpoint on a labelled dataset (BiT-HyperRule)"},
+    {"pretrain", cmd_pretrain, "train a BiT architecture from scratch (upstream recipe)"},
     {"eval", cmd_eval, "evaluate a model on a dataset: top-1, top-5, loss, per class"},
     {"dataset", cmd_dataset, "inspect a dataset (directory, archive or tensor .npz)"},
     {"bench", cmd_bench, "measure forward-pass or training speed"},
