@@ -91,24 +91,40 @@ static tparam *param(eng_trainer *t, const char *fmt, ...)
     return NULL;
 }
 
-/* Weight Standardization of the raw HWIO kernel into plain OIHW, keeping each output
- * channel's sqrt(var + eps) for the backward pass. */
+/* Weight Standardization keeps the kernel's own HWIO layout (the oneDNN descriptor carries
+ * HWIO strides and the packing reorder transposes), so every pass here streams rows of
+ * `cout` contiguous values. Per output channel: mean and biased variance over (kh, kw, in).
+ * Statistics are taken over column blocks so each thread owns its output channels. */
+#define WS_COLS 64
+
 static void ws_forward(tconv *c)
 {
-    int per = c->kh * c->kh * c->cin, co = c->cout, kk = c->kh * c->kh;
+    int per = c->kh * c->kh * c->cin, co = c->cout;
     const float *w = c->par->w;
     #pragma omp parallel for schedule(static)
-    for (int o = 0; o < co; o++) {
-        double m = 0, v = 0;
-        for (int i = 0; i < per; i++) m += w[(int64_t)i * co + o];
-        m /= per;
-        for (int i = 0; i < per; i++) v += (w[(int64_t)i * co + o] - m) * (w[(int64_t)i * co + o] - m);
-        double s = sqrt(v / per + ENG_WS_EPS);
-        c->sig[o] = (float)s;
-        for (int k = 0; k < kk; k++)
-            for (int ci = 0; ci < c->cin; ci++)
-                c->ws[((int64_t)o * c->cin + ci) * kk + k] =
-                    (float)((w[((int64_t)k * c->cin + ci) * co + o] - m) / s);
+    for (int o0 = 0; o0 < co; o0 += WS_COLS) {
+        int n = co - o0 < WS_COLS ? co - o0 : WS_COLS;
+        double m[WS_COLS] = {0}, v[WS_COLS] = {0};
+        float mf[WS_COLS], inv[WS_COLS];
+        for (int i = 0; i < per; i++)
+            for (int o = 0; o < n; o++) m[o] += w[(int64_t)i * co + o0 + o];
+        for (int o = 0; o < n; o++) m[o] /= per;
+        for (int i = 0; i < per; i++)
+            for (int o = 0; o < n; o++) {
+                double d = w[(int64_t)i * co + o0 + o] - m[o];
+                v[o] += d * d;
+            }
+        for (int o = 0; o < n; o++) {
+            double sd = sqrt(v[o] / per + ENG_WS_EPS);
+            c->sig[o0 + o] = (float)sd;
+            mf[o] = (float)m[o], inv[o] = (float)(1.0 / sd);
+        }
+        for (int i = 0; i < per; i++) {
+            const float *wr = w + (int64_t)i * co + o0;
+            float *out = c->ws + (int64_t)i * co + o0;
+            #pragma omp simd
+            for (int o = 0; o < n; o++) out[o] = (wr[o] - mf[o]) * inv[o];
+        }
     }
 }
 
@@ -116,20 +132,25 @@ static void ws_forward(tconv *c)
  * dw = (g - mean(g) - w_hat * mean(g * w_hat)) / s per output channel. */
 static void ws_backward(tconv *c)
 {
-    int per = c->kh * c->kh * c->cin, co = c->cout, kk = c->kh * c->kh;
+    int per = c->kh * c->kh * c->cin, co = c->cout;
     float *g = c->par->g;
     #pragma omp parallel for schedule(static)
-    for (int o = 0; o < co; o++) {
-        const float *gw = c->dws + (int64_t)o * per, *wh = c->ws + (int64_t)o * per;
-        double mg = 0, mgw = 0;
-        for (int i = 0; i < per; i++) mg += gw[i], mgw += (double)gw[i] * wh[i];
-        mg /= per, mgw /= per;
-        double inv = 1.0 / c->sig[o];
-        for (int k = 0; k < kk; k++)
-            for (int ci = 0; ci < c->cin; ci++) {
-                int64_t i = (int64_t)ci * kk + k;
-                g[((int64_t)k * c->cin + ci) * co + o] += (float)((gw[i] - mg - wh[i] * mgw) * inv);
-            }
+    for (int o0 = 0; o0 < co; o0 += WS_COLS) {
+        int n = co - o0 < WS_COLS ? co - o0 : WS_COLS;
+        double mg[WS_COLS] = {0}, mgw[WS_COLS] = {0};
+        float a[WS_COLS], b[WS_COLS], inv[WS_COLS];
+        for (int i = 0; i < per; i++) {
+            const float *gr = c->dws + (int64_t)i * co + o0, *wr = c->ws + (int64_t)i * co + o0;
+            for (int o = 0; o < n; o++) mg[o] += gr[o], mgw[o] += (double)gr[o] * wr[o];
+        }
+        for (int o = 0; o < n; o++)
+            inv[o] = 1.0f / c->sig[o0 + o], a[o] = (float)(mg[o] / per), b[o] = (float)(mgw[o] / per);
+        for (int i = 0; i < per; i++) {
+            const float *gr = c->dws + (int64_t)i * co + o0, *wr = c->ws + (int64_t)i * co + o0;
+            float *out = g + (int64_t)i * co + o0;
+            #pragma omp simd
+            for (int o = 0; o < n; o++) out[o] += (gr[o] - a[o] - wr[o] * b[o]) * inv[o];
+        }
     }
 }
 
@@ -173,7 +194,9 @@ static int tconv_build(eng_trainer *t, tconv *c, tparam *par, int stride, const 
         goto fail;
     }
     DN(dnnl_memory_desc_init_by_tag(&wany, 4, wdims, dnnl_f32, dnnl_format_tag_any));
-    DN(dnnl_memory_desc_init_by_tag(&c->plain, 4, wdims, dnnl_f32, dnnl_oihw));
+    /* the raw kernel's own layout: HWIO, i.e. strides (O: 1, I: O, H: kw*I*O, W: I*O) */
+    dnnl_dims_t hwio = {1, c->cout, (dnnl_dim_t)c->kh * c->cin * c->cout, (dnnl_dim_t)c->cin * c->cout};
+    DN(dnnl_memory_desc_init_by_strides(&c->plain, 4, wdims, dnnl_f32, hwio));
     DN(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct,
                                           &smd, &wany, NULL, &dmd, st, pd, pd));
     DN(dnnl_primitive_desc_create(&fpd, &fd, attr, t->eng, NULL));
