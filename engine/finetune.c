@@ -18,11 +18,11 @@
 /* ---------------------------------------------------------------- hyper-parameters */
 
 /* The upstream recipe: epochs turned into steps for this dataset and batch. */
-static int pretrain_schedule(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err,
-                             size_t errlen)
+static int pretrain_schedule(const ft_params *p, const ft_data_info *d, ft_resolved *r,
+                             char *err, size_t errlen)
 {
     double epochs = p->epochs > 0 ? p->epochs : 90;
-    int64_t per_epoch = (ds_size(d, DS_TRAIN) + r->h.batch - 1) / r->h.batch;
+    int64_t per_epoch = (d->train_images + r->h.batch - 1) / r->h.batch;
     int64_t total = (int64_t)(epochs * (double)per_epoch + 0.5);
     if (total < 5 || total > 100000000)
         return eng_errf(err, errlen, ENG_EINVAL, "pre-training would take %lld steps", (long long)total);
@@ -40,13 +40,19 @@ static int pretrain_schedule(const ft_params *p, const ds_dataset *d, ft_resolve
     return 0;
 }
 
-int ft_resolve(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err, size_t errlen)
+void ft_data_info_of(const ds_dataset *d, ft_data_info *info)
+{
+    info->train_images = ds_size(d, DS_TRAIN);
+    ds_median_size(d, &info->median_w, &info->median_h);
+    ds_tensor_size(d, &info->tensor_h, &info->tensor_w);
+}
+
+int ft_resolve(const ft_params *p, const ft_data_info *d, ft_resolved *r, char *err,
+               size_t errlen)
 {
     memset(r, 0, sizeof *r);
-    int mw, mh, th, tw;
-    ds_median_size(d, &mw, &mh);
-    ds_tensor_size(d, &th, &tw);
-    eng_hyper_rule(ds_size(d, DS_TRAIN), mw, mh, &r->h);
+    int th = d->tensor_h;
+    eng_hyper_rule(d->train_images, d->median_w, d->median_h, &r->h);
     if (p->nsched > 0) {
         if (p->nsched < 2 || p->nsched > ENG_MAX_SCHEDULE)
             return eng_errf(err, errlen, ENG_EINVAL, "a schedule needs 2 to %d boundaries", ENG_MAX_SCHEDULE);
@@ -391,6 +397,10 @@ static int train_step(run *R, ds_loader *l, float *x, float *tmp, int64_t *y, in
     if (alpha > 0) lam = eng_rng_beta(&r, alpha, alpha);
     *loss = 0;
     for (int m = 0; m < split; m++) {
+        /* a stop between micro-batches drops the half-done step: shutdown stays prompt and
+         * the last checkpoint is still a whole step */
+        if (m && R->hooks && R->hooks->stop && R->hooks->stop(R->hooks->ud))
+            return eng_errf(err, errlen, FT_ESTOPPED, "stopped inside step %lld", (long long)R->step);
         int rc = ds_loader_next(l, x, y, &count, err, errlen);
         if (rc) return rc;
         if (alpha > 0) mixup(x, y, y2, n, per, lam, &r, tmp);
@@ -542,7 +552,9 @@ static int setup_fresh(run *R, const ft_params *p, eng_npz **z, char *err, size_
         rc = eng_npz_load(R->base, NULL, z, err, errlen);
         if (!rc) rc = eng_arch_from_npz(*z, &R->arch, err, errlen);
     }
-    if (!rc) rc = ft_resolve(p, R->d, &R->r, err, errlen);
+    ft_data_info info;
+    ft_data_info_of(R->d, &info);
+    if (!rc) rc = ft_resolve(p, &info, &R->r, err, errlen);
     if (!rc && new_head(*z, &R->arch, ds_num_classes(R->d)))
         rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     if (!rc && mkdir(R->dir, 0755) && errno != EEXIST)

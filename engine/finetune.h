@@ -63,8 +63,17 @@ typedef struct ft_hooks {
 
 #define FT_ESTOPPED (-30) /* ft_run ended early because hooks->stop asked */
 
-/* Resolves the HyperRule for a dataset (exported for the API, which shows resolved values). */
-int ft_resolve(const ft_params *p, const ds_dataset *d, ft_resolved *r, char *err, size_t errlen);
+/* What the HyperRule needs to know of a dataset (the server keeps it from the upload). */
+typedef struct ft_data_info {
+    int64_t train_images;
+    int median_w, median_h;
+    int tensor_h, tensor_w; /* 0 for image datasets */
+} ft_data_info;
+
+void ft_data_info_of(const ds_dataset *d, ft_data_info *info);
+/* Resolves the HyperRule and the overrides for a dataset. */
+int ft_resolve(const ft_params *p, const ft_data_info *d, ft_resolved *r, char *err,
+               size_t errlen);
 json_t *ft_resolved_json(const ft_resolved *r);
 
 /* Trains base (an official-schema .npz) on data (directory, archive or tensor .npz) into

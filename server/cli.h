@@ -13,6 +13,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_finetune(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_pretrain(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_dataset(int argc, char **argv);
 
 /* Prints "bit SUB: message" to stderr; returns 1 for use as `return cli_fail(...)`. */

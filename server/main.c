@@ -12,6 +12,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"serve", cmd_serve, "run the server: datasets and fine-tune jobs over HTTP"},
     {"inspect", cmd_inspect, "describe a BiT checkpoint (.npz) as JSON"},
     {"predict", cmd_predict, "run a checkpoint on a tensor (.npy) and write the logits"},
     {"finetune", cmd_finetune, "fine-tune a checkpoint on a labelled dataset (BiT-HyperRule)"},

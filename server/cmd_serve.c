@@ -1,0 +1,241 @@
+/* bit serve: the daemon. One process holds the HTTP server (its own thread pool), the job
+ * worker (its own training thread budget) and the store; SIGTERM/SIGINT stop it gracefully.
+ * Every option is a flag and a BIT_* environment variable (flags win), read once at start. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "cli.h"
+#include "server/srv.h"
+#include "server/worker.h"
+#include "storage/store.h"
+
+typedef struct serve_cfg {
+    char listen[300], data_dir[2048], models_dir[2048], token_file[2048];
+    long http_threads, train_threads, loader_threads, max_upload_mb, max_queued;
+    long max_connections, timeout_s, max_dataset_mb, max_image_mp, shutdown_s;
+} serve_cfg;
+
+typedef struct opt {
+    const char *flag, *env, *help;
+    int is_str;
+    void *ptr;
+    size_t len; /* strings: buffer size; numbers: unused */
+    long lo, hi;
+} opt;
+
+#define STR(f, e, field, h) {f, e, h, 1, c->field, sizeof c->field, 0, 0}
+#define NUM(f, e, field, lo, hi, h) {f, e, h, 0, &c->field, 0, lo, hi}
+
+/* The option table: flags, environment variables, help (the README's table follows it). */
+static int options(serve_cfg *c, opt *o)
+{
+    opt t[] = {
+        STR("listen", "BIT_LISTEN", listen, "address:port to listen on (default 127.0.0.1:8080)"),
+        STR("data-dir", "BIT_DATA_DIR", data_dir, "datasets, jobs and the database (default ./var)"),
+        STR("models-dir", "BIT_MODELS_DIR", models_dir, "base models NAME.npz (default ./models)"),
+        STR("api-token-file", "BIT_API_TOKEN_FILE", token_file, "file holding the bearer token (or BIT_API_TOKEN)"),
+        NUM("http-threads", "BIT_HTTP_THREADS", http_threads, 1, 256, "HTTP thread pool (default 4)"),
+        NUM("train-threads", "BIT_TRAIN_THREADS", train_threads, 0, 4096, "training compute threads (0 = every core)"),
+        NUM("loader-threads", "BIT_LOADER_THREADS", loader_threads, 1, 64, "image decoding threads per job (default 1)"),
+        NUM("max-upload-mb", "BIT_MAX_UPLOAD_MB", max_upload_mb, 1, 1 << 22, "largest request body (default 2048)"),
+        NUM("max-dataset-mb", "BIT_MAX_DATASET_MB", max_dataset_mb, 1, 1 << 24, "largest unpacked dataset (default 8192)"),
+        NUM("max-image-mp", "BIT_MAX_IMAGE_MP", max_image_mp, 1, 1000, "largest image in megapixels (default 40)"),
+        NUM("max-queued", "BIT_MAX_QUEUED", max_queued, 1, 1000000, "queued jobs before 503 (default 100)"),
+        NUM("max-connections", "BIT_MAX_CONNECTIONS", max_connections, 1, 100000, "open connections (default 256)"),
+        NUM("timeout-s", "BIT_TIMEOUT_S", timeout_s, 1, 86400, "idle connection timeout (default 30)"),
+        NUM("shutdown-s", "BIT_SHUTDOWN_S", shutdown_s, 1, 3600, "grace period for in-flight requests (default 10)"),
+    };
+    memcpy(o, t, sizeof t);
+    return (int)(sizeof t / sizeof t[0]);
+}
+
+static int set_opt(const opt *o, const char *v, const char *from)
+{
+    if (o->is_str) {
+        if (strlen(v) >= o->len) return cli_fail("serve", "%s: value too long", from), -1;
+        strcpy(o->ptr, v);
+        return 0;
+    }
+    long x;
+    if (cli_int("serve", from, v, o->lo, o->hi, &x)) return -1;
+    *(long *)o->ptr = x;
+    return 0;
+}
+
+static void usage(FILE *f, serve_cfg *c)
+{
+    opt o[32];
+    int n = options(c, o);
+    fprintf(f, "usage: bit serve [options]\n\nRuns the bitd server. Options (each also an environment variable):\n");
+    for (int i = 0; i < n; i++) fprintf(f, "  --%-18s %-20s %s\n", o[i].flag, o[i].env, o[i].help);
+}
+
+static int parse(int argc, char **argv, serve_cfg *c)
+{
+    *c = (serve_cfg){.listen = "127.0.0.1:8080", .data_dir = "./var", .models_dir = "./models",
+                     .http_threads = 4, .loader_threads = 1, .max_upload_mb = 2048,
+                     .max_queued = 100, .max_connections = 256, .timeout_s = 30,
+                     .max_dataset_mb = 8192, .max_image_mp = 40, .shutdown_s = 10};
+    opt o[32];
+    struct option lo[34];
+    int n = options(c, o);
+    for (int i = 0; i < n; i++) {
+        const char *v = getenv(o[i].env);
+        if (v && *v && set_opt(&o[i], v, o[i].env)) return 2;
+        lo[i] = (struct option){o[i].flag, 1, 0, i};
+    }
+    lo[n] = (struct option){"help", 0, 0, 'h'};
+    lo[n + 1] = (struct option){0, 0, 0, 0};
+    int k;
+    optind = 1;
+    while ((k = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (k == 'h') return usage(stdout, c), 1;
+        if (k < 0 || k >= n) return usage(stderr, c), 2;
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", o[k].flag);
+        if (set_opt(&o[k], optarg, flag)) return 2;
+    }
+    if (optind != argc) return usage(stderr, c), 2;
+    return 0;
+}
+
+/* BIT_API_TOKEN, or the first line of the token file; "" when neither is set. */
+static int read_token(const serve_cfg *c, char *tok, size_t len)
+{
+    const char *env = getenv("BIT_API_TOKEN");
+    tok[0] = 0;
+    if (env && *env) {
+        snprintf(tok, len, "%s", env);
+    } else if (c->token_file[0]) {
+        FILE *f = fopen(c->token_file, "r");
+        if (!f || !fgets(tok, (int)len, f)) {
+            if (f) fclose(f);
+            return cli_fail("serve", "%s: cannot read the API token", c->token_file), -1;
+        }
+        fclose(f);
+        tok[strcspn(tok, "\r\n")] = 0;
+    } else {
+        return 0;
+    }
+    if (strlen(tok) < 16) return cli_fail("serve", "the API token must have at least 16 characters"), -1;
+    return 0;
+}
+
+static int split_listen(const char *l, char *addr, size_t len, int *port)
+{
+    const char *colon = strrchr(l, ':');
+    long p;
+    if (!colon || colon == l || cli_int("serve", "--listen port", colon + 1, 0, 65535, &p)) return -1;
+    size_t n = (size_t)(colon - l);
+    if (l[0] == '[' && n >= 2 && l[n - 1] == ']') l++, n -= 2; /* [::1]:8080 */
+    if (n >= len) return -1;
+    memcpy(addr, l, n);
+    addr[n] = 0;
+    *port = (int)p;
+    return 0;
+}
+
+static int make_dirs(const serve_cfg *c)
+{
+    const char *sub[] = {"", "/datasets", "/jobs", "/tmp"};
+    for (int i = 0; i < 4; i++) {
+        char p[2100];
+        snprintf(p, sizeof p, "%s%s", c->data_dir, sub[i]);
+        if (mkdir(p, 0755) && errno != EEXIST) return cli_fail("serve", "%s: %s", p, strerror(errno)), -1;
+    }
+    struct stat sb;
+    if (stat(c->models_dir, &sb) || !S_ISDIR(sb.st_mode))
+        fprintf(stderr, "bit serve: warning: models directory %s does not exist yet\n", c->models_dir);
+    return 0;
+}
+
+typedef struct parts {
+    store *st;
+    wrk *w;
+    api *a;
+    srv *s;
+} parts;
+
+static int start(const serve_cfg *c, const char *token, parts *p, char *err, size_t errlen)
+{
+    char db[2100], addr[256];
+    int port, rc;
+    snprintf(db, sizeof db, "%s/bit.db", c->data_dir);
+    if (split_listen(c->listen, addr, sizeof addr, &port))
+        return eng_errf(err, errlen, ENG_EINVAL, "--listen wants ADDRESS:PORT, not '%s'", c->listen);
+    if ((rc = store_open(db, &p->st, err, errlen))) return rc;
+    if ((rc = store_recover(p->st, err, errlen)) < 0) return rc;
+    if (rc > 0) fprintf(stderr, "{\"component\":\"serve\",\"event\":\"requeued\",\"jobs\":%d}\n", rc);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    wrk_config wc = {.st = p->st, .data_dir = c->data_dir, .models_dir = c->models_dir,
+                     .threads = (int)(c->train_threads ? c->train_threads : (cores > 0 ? cores : 1)),
+                     .loader_threads = (int)c->loader_threads};
+    api_config ac = {.st = p->st, .data_dir = c->data_dir, .models_dir = c->models_dir,
+                     .max_queued = (int)c->max_queued};
+    ac.arc.max_total_bytes = (uint64_t)c->max_dataset_mb << 20;
+    ac.img.max_pixels = (uint64_t)c->max_image_mp * 1000000;
+    srv_config sc;
+    srv_config_init(&sc);
+    sc.address = addr, sc.port = port, sc.threads = (unsigned)c->http_threads;
+    sc.max_connections = (unsigned)c->max_connections, sc.timeout_s = (unsigned)c->timeout_s;
+    sc.max_body = (uint64_t)c->max_upload_mb << 20, sc.token = token;
+    sc.stop_timeout_ms = (unsigned)c->shutdown_s * 1000;
+    char tmp[2100];
+    snprintf(tmp, sizeof tmp, "%s/tmp", c->data_dir); /* same filesystem: uploads rename into place */
+    sc.temp_dir = tmp;
+    if ((rc = wrk_new(&wc, &p->w, err, errlen))) return rc;
+    ac.worker = p->w;
+    if ((rc = api_new(&ac, &p->a, err, errlen)) || (rc = srv_new(&sc, &p->s, err, errlen)) ||
+        (rc = api_register(p->a, p->s, err, errlen)) || (rc = wrk_start(p->w, err, errlen)) ||
+        (rc = srv_start(p->s, err, errlen)))
+        return rc;
+    fprintf(stderr, "{\"component\":\"serve\",\"event\":\"listening\",\"url\":\"http://%s%s%s:%d\",\"pid\":%ld}\n",
+            strchr(addr, ':') ? "[" : "", addr, strchr(addr, ':') ? "]" : "", srv_port(p->s), (long)getpid());
+    return 0;
+}
+
+/* Stop order: no new requests (in-flight ones finish), then the worker checkpoints and
+ * requeues its job, then the database closes. */
+static void stop(parts *p)
+{
+    if (p->s) srv_stop(p->s);
+    wrk_free(p->w);
+    srv_free(p->s);
+    api_free(p->a);
+    store_close(p->st);
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_cfg c;
+    int prc = parse(argc, argv, &c);
+    if (prc) return prc == 1 ? 0 : prc;
+    char token[512], err[1024];
+    if (read_token(&c, token, sizeof token) || make_dirs(&c)) return 1;
+    /* Block the stop signals in every thread; this one waits for them with sigwait. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    parts p = {0};
+    if (start(&c, token, &p, err, sizeof err)) {
+        stop(&p);
+        return cli_fail("serve", "%s", err);
+    }
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "{\"component\":\"serve\",\"event\":\"stopping\",\"signal\":%d}\n", sig);
+    stop(&p);
+    fprintf(stderr, "{\"component\":\"serve\",\"event\":\"stopped\"}\n");
+    return 0;
+}
