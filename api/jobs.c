@@ -106,10 +106,12 @@ static int create_job(api *a, srv_req *req, json_t *body, const char *ds_id)
     json_t *rj = ft_resolved_json(&r);
     char *resolved = json_dumps(rj, JSON_COMPACT);
     json_decref(rj);
-    store_job_new nj = {.name = json_string_value(json_object_get(body, "name")), .dataset_id = ds_id,
+    const char *name = json_string_value(json_object_get(body, "name"));
+    int rc = store_id_new("job", id, err, sizeof err);
+    store_job_new nj = {.id = id, .name = name && *name ? name : id, .dataset_id = ds_id,
                         .base_model = json_string_value(json_object_get(body, "base_model")),
                         .params_json = params};
-    int rc = store_job_create(a->cfg.st, &nj, id, err, sizeof err);
+    if (!rc) rc = store_job_create(a->cfg.st, &nj, id, err, sizeof err);
     if (!rc) rc = store_job_set_resolved(a->cfg.st, id, resolved, r.h.schedule[r.h.nsched - 1], err, sizeof err);
     if (!rc) rc = store_job_transition(a->cfg.st, id, STORE_VALIDATING, STORE_QUEUED, NULL, NULL, err, sizeof err);
     free(params), free(resolved);

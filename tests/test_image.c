@@ -1,5 +1,6 @@
-/* Image decoding and BiT pre-processing. Test images are made here with libjpeg-turbo and
- * libpng encoders; the fixtures check decoding and the PIL-exact resize against a reference.
+/* Image decoding and BiT pre-processing. Test images are made with the libjpeg-turbo and
+ * libpng encoders of timg.h; the fixtures check decoding and the PIL-exact resize against a
+ * reference.
  * `test_image --bench` measures decode + pre-processing throughput instead (not run by make
  * check). */
 #include <setjmp.h>
@@ -13,34 +14,11 @@
 #include "npy.h"
 #include "preproc.h"
 #include "t.h"
+#include "timg.h"
 
 static char err[512];
 
-/* ---- synthetic images ------------------------------------------------------------------ */
-
-/* Smooth gradients: JPEG keeps them well, so a wrong channel order, subsampling or colour
- * conversion shows up as a large error. */
-static uint8_t *make_rgb(int w, int h)
-{
-    uint8_t *p = malloc((size_t)w * h * 3);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            uint8_t *q = p + ((size_t)y * w + x) * 3;
-            q[0] = (uint8_t)(w > 1 ? x * 255 / (w - 1) : 200);
-            q[1] = (uint8_t)(h > 1 ? y * 255 / (h - 1) : 100);
-            q[2] = (uint8_t)(w + h > 2 ? (x + y) * 255 / (w + h - 2) : 50);
-        }
-    return p;
-}
-
-static uint8_t *make_noise(int n, uint64_t seed)
-{
-    eng_rng r;
-    eng_rng_seed(&r, seed);
-    uint8_t *p = malloc((size_t)n);
-    for (int i = 0; i < n; i++) p[i] = (uint8_t)eng_rng_below(&r, 256);
-    return p;
-}
+/* ---- synthetic images (the generators and encoders live in timg.h) --------------------- */
 
 static img_rgb8 *wrap(const uint8_t *px, int w, int h)
 {
@@ -61,124 +39,6 @@ static diff diff_u8(const uint8_t *a, const uint8_t *b, size_t n)
     }
     d.mean /= (double)(n ? n : 1);
     return d;
-}
-
-/* ---- encoders into memory -------------------------------------------------------------- */
-
-typedef struct jpeg_opts {
-    int quality;
-    int progressive;
-    int hs, vs;            /* luma sampling factors (chroma 1x1); 0 = libjpeg's default */
-    J_COLOR_SPACE in_cs;   /* JCS_RGB (0 means this), JCS_GRAYSCALE or JCS_CMYK */
-    J_COLOR_SPACE jpeg_cs; /* 0 = the default for in_cs; JCS_YCCK */
-    const uint8_t *app1;   /* an APP1 payload to write, or NULL */
-    size_t app1_len;
-} jpeg_opts;
-
-static uint8_t *jpeg_encode(const uint8_t *px, int w, int h, const jpeg_opts *o, size_t *len)
-{
-    struct jpeg_compress_struct c;
-    struct jpeg_error_mgr e;
-    c.err = jpeg_std_error(&e);
-    jpeg_create_compress(&c);
-    unsigned char *buf = NULL;
-    unsigned long n = 0;
-    jpeg_mem_dest(&c, &buf, &n);
-    J_COLOR_SPACE cs = o->in_cs ? o->in_cs : JCS_RGB;
-    c.image_width = (JDIMENSION)w;
-    c.image_height = (JDIMENSION)h;
-    c.input_components = cs == JCS_GRAYSCALE ? 1 : cs == JCS_CMYK ? 4 : 3;
-    c.in_color_space = cs;
-    jpeg_set_defaults(&c);
-    if (o->jpeg_cs) jpeg_set_colorspace(&c, o->jpeg_cs);
-    jpeg_set_quality(&c, o->quality ? o->quality : 95, TRUE);
-    if (o->hs) {
-        c.comp_info[0].h_samp_factor = o->hs;
-        c.comp_info[0].v_samp_factor = o->vs;
-    }
-    if (o->progressive) jpeg_simple_progression(&c);
-    jpeg_start_compress(&c, TRUE);
-    if (o->app1) jpeg_write_marker(&c, JPEG_APP0 + 1, o->app1, (unsigned)o->app1_len);
-    size_t stride = (size_t)w * c.input_components;
-    while (c.next_scanline < c.image_height) {
-        JSAMPROW row = (JSAMPROW)(px + stride * c.next_scanline);
-        jpeg_write_scanlines(&c, &row, 1);
-    }
-    jpeg_finish_compress(&c);
-    jpeg_destroy_compress(&c);
-    *len = n;
-    return buf;
-}
-
-static uint8_t *jpeg_rgb(int w, int h, const jpeg_opts *o, size_t *len)
-{
-    uint8_t *px = make_rgb(w, h);
-    uint8_t *j = jpeg_encode(px, w, h, o, len);
-    free(px);
-    return j;
-}
-
-typedef struct membuf { uint8_t *p; size_t n, cap; } membuf;
-
-static void mem_write(png_structp png, png_bytep d, size_t n)
-{
-    membuf *m = png_get_io_ptr(png);
-    if (m->n + n > m->cap) {
-        m->cap = (m->n + n) * 2;
-        m->p = realloc(m->p, m->cap);
-    }
-    memcpy(m->p + m->n, d, n);
-    m->n += n;
-}
-
-static void mem_flush(png_structp png) {}
-
-typedef struct png_opts {
-    int color_type, depth, interlace;
-    const png_color *pal;
-    int npal;
-    const uint8_t *trns; /* palette alpha */
-    int ntrns;
-    const png_color_16 *trns_color; /* grey or RGB colour key */
-} png_opts;
-
-/* rows: h rows of PNG row bytes (16-bit samples big-endian, as PNG stores them). */
-static uint8_t *png_encode(const uint8_t *rows, size_t stride, int w, int h, const png_opts *o,
-                           size_t *len)
-{
-    membuf m = {0};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png_create_info_struct(png);
-    if (setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        free(m.p);
-        return NULL;
-    }
-    png_set_write_fn(png, &m, mem_write, mem_flush);
-    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, o->depth, o->color_type,
-                 o->interlace ? PNG_INTERLACE_ADAM7 : PNG_INTERLACE_NONE,
-                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    if (o->pal) png_set_PLTE(png, info, o->pal, o->npal);
-    if (o->trns || o->trns_color)
-        png_set_tRNS(png, info, o->trns, o->ntrns, o->trns_color);
-    png_write_info(png, info);
-    png_bytep *rp = malloc(sizeof *rp * (size_t)h);
-    for (int y = 0; y < h; y++) rp[y] = (png_bytep)(rows + stride * y);
-    png_write_image(png, rp);
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    free(rp);
-    *len = m.n;
-    return m.p;
-}
-
-static uint8_t *png_rgb(int w, int h, int interlace, size_t *len)
-{
-    uint8_t *px = make_rgb(w, h);
-    png_opts o = {PNG_COLOR_TYPE_RGB, 8, interlace, NULL, 0, NULL, 0, NULL};
-    uint8_t *p = png_encode(px, (size_t)w * 3, w, h, &o, len);
-    free(px);
-    return p;
 }
 
 /* ---- fixtures -------------------------------------------------------------------------- */
@@ -1141,24 +1001,6 @@ static void eval_and_args(void)
 }
 
 /* ---- benchmark ------------------------------------------------------------------------- */
-
-/* A 1024x768 stand-in for a photograph: gradients, texture and noise, so that the entropy
- * decoder has realistic work (about 0.3 MB at quality 90). */
-static uint8_t *bench_jpeg(size_t *len)
-{
-    const int w = 1024, h = 768;
-    uint8_t *px = make_rgb(w, h), *nz = make_noise(w * h * 3, 77);
-    for (int i = 0; i < w * h * 3; i++) {
-        int x = i / 3 % w, y = i / 3 / w;
-        int v = px[i] + (int)(40 * sin(x * 0.05 + i % 3) * cos(y * 0.033)) + nz[i] / 8 - 16;
-        px[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-    }
-    jpeg_opts o = {.quality = 90};
-    uint8_t *j = jpeg_encode(px, w, h, &o, len);
-    free(px);
-    free(nz);
-    return j;
-}
 
 /* Images per second, the best of three one-second runs (other processes only slow it down). */
 static double bench_one(const uint8_t *j, size_t len, int crop, int hint, int eval)
