@@ -36,86 +36,6 @@ static void channel_sums(const eng_layout *l, const float *src, int n, double *s
     }
 }
 
-/* Folds GN statistics and the affine into one scale and shift per channel of example n. */
-static void channel_affine(const eng_layout *l, const float *src, int n, const float *gamma,
-                           const float *beta, float *scale, float *shift, float *mean, float *rstd,
-                           double *s1)
-{
-    int c = l->c, cpg = c / ENG_GN_GROUPS;
-    double *s2 = s1 + c;
-    channel_sums(l, src, n, s1, s2);
-    double cnt = (double)cpg * l->h * l->w;
-    for (int g = 0; g < ENG_GN_GROUPS; g++) {
-        double m = 0, q = 0;
-        for (int k = g * cpg; k < (g + 1) * cpg; k++) m += s1[k], q += s2[k];
-        m /= cnt;
-        double var = q / cnt - m * m;
-        if (var < 0) var = 0;
-        double r = 1.0 / sqrt(var + ENG_GN_EPS);
-        if (mean) mean[n * ENG_GN_GROUPS + g] = (float)m, rstd[n * ENG_GN_GROUPS + g] = (float)r;
-        for (int k = g * cpg; k < (g + 1) * cpg; k++) {
-            scale[k] = (float)(gamma[k] * r);
-            shift[k] = (float)(beta[k] - gamma[k] * r * m);
-        }
-    }
-}
-
-/* Scratch of one call: 2c doubles of sums, 2c floats of scale and shift. */
-static double *scratch(int c) { return malloc(sizeof(double) * 3 * (size_t)c); }
-
-int eng_gn_relu(const eng_layout *l, const float *src, float *dst, const float *gamma,
-                const float *beta, float *mean, float *rstd)
-{
-    int c = l->c, nb = l->c / l->cblk, b = l->cblk;
-    int64_t hw = (int64_t)l->h * l->w;
-    double *sums = scratch(c);
-    if (!sums) return ENG_ENOMEM;
-    float *scale = (float *)(sums + 2 * c), *shift = scale + c;
-    for (int n = 0; n < l->n; n++) {
-        channel_affine(l, src, n, gamma, beta, scale, shift, mean, rstd, sums);
-        #pragma omp parallel for schedule(static)
-        for (int cb = 0; cb < nb; cb++) {
-            int64_t base = ((int64_t)n * nb + cb) * hw * b;
-            const float *sc = scale + cb * b, *sh = shift + cb * b;
-            const float *p = src + base;
-            float *q = dst + base;
-            for (int64_t i = 0; i < hw; i++, p += b, q += b)
-                #pragma omp simd
-                for (int k = 0; k < b; k++) {
-                    float v = p[k] * sc[k] + sh[k];
-                    q[k] = v > 0 ? v : 0;
-                }
-        }
-    }
-    free(sums);
-    return 0;
-}
-
-int eng_gn_relu_pool(const eng_layout *l, const float *src, float *feat, const float *gamma,
-                     const float *beta)
-{
-    int c = l->c, nb = l->c / l->cblk, b = l->cblk;
-    int64_t hw = (int64_t)l->h * l->w;
-    double *sums = scratch(c);
-    if (!sums) return ENG_ENOMEM;
-    float *scale = (float *)(sums + 2 * c), *shift = scale + c;
-    for (int n = 0; n < l->n; n++) {
-        channel_affine(l, src, n, gamma, beta, scale, shift, NULL, NULL, sums);
-        #pragma omp parallel for schedule(static)
-        for (int ch = 0; ch < c; ch++) {
-            const float *p = src + ((int64_t)n * nb + ch / b) * hw * b + ch % b;
-            double acc = 0;
-            for (int64_t i = 0; i < hw; i++) {
-                float v = p[i * b] * scale[ch] + shift[ch];
-                acc += v > 0 ? v : 0;
-            }
-            feat[(int64_t)n * c + ch] = (float)(acc / (double)hw);
-        }
-    }
-    free(sums);
-    return 0;
-}
-
 void eng_pool_root(const eng_layout *in, const float *src, const eng_layout *out, float *dst)
 {
     int nb = out->c / out->cblk, b = out->cblk;
@@ -214,6 +134,48 @@ int eng_gn_relu_apply(const eng_layout *l, const float *src, float *dst, const f
         }
     free(scale);
     return 0;
+}
+
+int eng_gn_relu(const eng_layout *l, const float *src, float *dst, const float *gamma,
+                const float *beta, float *mean, float *rstd)
+{
+    float *own = mean ? NULL : malloc(sizeof(float) * 2 * ENG_GN_GROUPS * (size_t)l->n);
+    if (!mean && !own) return ENG_ENOMEM;
+    float *m = mean ? mean : own, *r = mean ? rstd : own + ENG_GN_GROUPS * l->n;
+    int rc = eng_gn_stats(l, src, m, r);
+    if (!rc) rc = eng_gn_relu_apply(l, src, dst, gamma, beta, m, r);
+    free(own);
+    return rc;
+}
+
+int eng_gn_relu_pool(const eng_layout *l, const float *src, float *feat, const float *gamma,
+                     const float *beta)
+{
+    int c = l->c, nb = c / l->cblk, b = l->cblk;
+    int64_t hw = (int64_t)l->h * l->w;
+    float *st = malloc(sizeof(float) * 2 * ENG_GN_GROUPS * (size_t)l->n);
+    float *aff = malloc(sizeof(float) * 2 * (size_t)c * l->n);
+    int rc = st && aff ? eng_gn_stats(l, src, st, st + ENG_GN_GROUPS * l->n) : ENG_ENOMEM;
+    for (int n = 0; !rc && n < l->n; n++)
+        affine_from_stats(c, gamma, beta, st, st + ENG_GN_GROUPS * l->n, n, aff + 2 * (size_t)c * n,
+                          aff + 2 * (size_t)c * n + c);
+    if (!rc) {
+        #pragma omp parallel for collapse(2) schedule(static)
+        for (int n = 0; n < l->n; n++)
+            for (int ch = 0; ch < c; ch++) {
+                const float *p = src + ((int64_t)n * nb + ch / b) * hw * b + ch % b;
+                float sc = aff[2 * (size_t)c * n + ch], sh = aff[2 * (size_t)c * n + c + ch];
+                double acc = 0;
+                for (int64_t i = 0; i < hw; i++) {
+                    float v = p[i * b] * sc + sh;
+                    acc += v > 0 ? v : 0;
+                }
+                feat[(int64_t)n * c + ch] = (float)(acc / (double)hw);
+            }
+    }
+    free(st);
+    free(aff);
+    return rc;
 }
 
 /* Per example and channel block: sums over (h, w) of the ReLU-masked output gradient and of

@@ -473,9 +473,7 @@ int eng_trainer_new(const eng_npz *ckpt, const eng_arch *a, const eng_train_opts
 static int gn_fwd(const eng_layout *l, const float *x, float *dst, const tparam *g,
                   const tparam *b, float *st)
 {
-    int n = l->n;
-    int rc = eng_gn_stats(l, x, st, st + n * G);
-    return rc ? rc : eng_gn_relu_apply(l, x, dst, g->w, b->w, st, st + n * G);
+    return eng_gn_relu(l, x, dst, g->w, b->w, st, st + l->n * G);
 }
 
 static int gn_bwd(const eng_layout *l, const float *x, const float *st, const tparam *g,
