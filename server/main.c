@@ -14,7 +14,7 @@ static const struct {
 } commands[] = {
     {"serve", cmd_serve, "run the server: datasets and fine-tune jobs over HTTP"},
     {"inspect", cmd_inspect, "describe a BiT checkpoint (.npz) as JSON"},
-    {"predict", cmd_predict, "run a checkpoint on a tensor (.npy) and write the logits"},
+    {"predict", cmd_predict, "classify images (or run a tensor) with a checkpoint"},
     {"finetune", cmd_finetune, "fine-tune a checkpoint on a labelled dataset (BiT-HyperRule)"},
     {"pretrain", cmd_pretrain, "train a BiT architecture from scratch (upstream recipe)"},
     {"eval", cmd_eval, "evaluate a model on a dataset: top-1, top-5, loss, per class"},
