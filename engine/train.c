@@ -25,6 +25,9 @@ typedef struct tconv {
     int kh, cin, cout, stride, pad;
     dnnl_memory_desc_t plain, fwd_wmd, bwd_wmd, dif_wmd;
     float *ws, *sig, *wf, *wb, *dwp, *dws;
+    float *dwacc; /* packed gradient summed over a step's micro-batches */
+    size_t dw_n;  /* floats in the packed gradient */
+    int dirty;
     eng_dnn_op fwd, bwdd, bwdw;
 } tconv;
 
@@ -210,7 +213,9 @@ static int tconv_build(eng_trainer *t, tconv *c, tparam *par, int stride, const 
     c->sig = eng_dnn_buf(&t->pool, sizeof(float) * (size_t)c->cout);
     c->wf = eng_dnn_buf(&t->pool, dnnl_memory_desc_get_size(&c->fwd_wmd));
     c->dwp = eng_dnn_buf(&t->pool, dnnl_memory_desc_get_size(&c->dif_wmd));
-    if (!c->ws || !c->dws || !c->sig || !c->wf || !c->dwp) goto oom;
+    c->dwacc = eng_dnn_buf(&t->pool, dnnl_memory_desc_get_size(&c->dif_wmd));
+    c->dw_n = dnnl_memory_desc_get_size(&c->dif_wmd) / sizeof(float);
+    if (!c->ws || !c->dws || !c->sig || !c->wf || !c->dwp || !c->dwacc) goto oom;
     eng_dnn_op *f = &c->fwd, *w = &c->bwdw;
     f->args[0] = (dnnl_exec_arg_t){DNNL_ARG_SRC, mem(t, &smd, src)};
     f->args[1] = (dnnl_exec_arg_t){DNNL_ARG_WEIGHTS, mem(t, &c->fwd_wmd, c->wf)};
@@ -268,13 +273,30 @@ static int tconv_refresh(eng_trainer *t, tconv *c, char *err, size_t errlen)
     return rc;
 }
 
-/* After backward-weights ran: unpack the gradient and take it through the standardisation. */
+/* Backward-weights of one micro-batch, summed in oneDNN's own layout: the standardisation's
+ * gradient is linear, so it is unpacked and taken through WS once per step (tconv_flush),
+ * not once per micro-batch. */
 static int tconv_grad(eng_trainer *t, tconv *c, char *err, size_t errlen)
 {
     int rc = eng_dnn_exec(t->s, &c->bwdw, err, errlen);
-    if (!rc) rc = eng_dnn_reorder(t->eng, t->s, &c->dif_wmd, c->dwp, &c->plain, c->dws, err, errlen);
-    if (!rc) ws_backward(c);
-    return rc;
+    if (rc) return rc;
+    float *acc = c->dwacc;
+    const float *d = c->dwp;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < c->dw_n; i++) acc[i] += d[i];
+    c->dirty = 1;
+    return 0;
+}
+
+static int tconv_flush(eng_trainer *t, tconv *c, char *err, size_t errlen)
+{
+    if (!c->dirty) return 0;
+    int rc = eng_dnn_reorder(t->eng, t->s, &c->dif_wmd, c->dwacc, &c->plain, c->dws, err, errlen);
+    if (rc) return rc;
+    ws_backward(c);
+    memset(c->dwacc, 0, c->dw_n * sizeof(float));
+    c->dirty = 0;
+    return 0;
 }
 
 static void tconv_fini(tconv *c)
@@ -661,9 +683,25 @@ int eng_trainer_step(eng_trainer *t, const float *x, const int64_t *y, const int
 
 /* ---------------------------------------------------------------- update and export */
 
+/* Takes every conv's summed packed gradient into the raw kernels' gradients. */
+static int flush_all(eng_trainer *t, char *err, size_t errlen)
+{
+    int rc = tconv_flush(t, &t->root, err, errlen);
+    for (int i = 0; !rc && i < t->nu; i++) {
+        tunit *u = &t->units[i];
+        rc = tconv_flush(t, &u->a, err, errlen);
+        if (!rc) rc = tconv_flush(t, &u->b, err, errlen);
+        if (!rc) rc = tconv_flush(t, &u->c, err, errlen);
+        if (!rc && u->proj) rc = tconv_flush(t, &u->p, err, errlen);
+    }
+    return rc;
+}
+
 int eng_trainer_update(eng_trainer *t, double lr, double momentum, double wd_conv, char *err,
                        size_t errlen)
 {
+    int frc = flush_all(t, err, errlen);
+    if (frc) return frc;
     for (int i = 0; i < t->np; i++) {
         tparam *p = &t->params[i];
         float wd = p->p.kind == ENG_P_CONV ? (float)wd_conv : 0.0f;
@@ -700,7 +738,11 @@ static int export(const eng_trainer *t, which wh, eng_npz **out)
 
 int eng_trainer_params(const eng_trainer *t, eng_npz **out) { return export(t, OUT_W, out); }
 int eng_trainer_momentum(const eng_trainer *t, eng_npz **out) { return export(t, OUT_M, out); }
-int eng_trainer_grads(const eng_trainer *t, eng_npz **out) { return export(t, OUT_G, out); }
+int eng_trainer_grads(eng_trainer *t, eng_npz **out)
+{
+    int rc = flush_all(t, NULL, 0);
+    return rc ? rc : export(t, OUT_G, out);
+}
 
 int eng_trainer_set_momentum(eng_trainer *t, const eng_npz *m, char *err, size_t errlen)
 {

@@ -37,7 +37,7 @@ int eng_trainer_update(eng_trainer *t, double lr, double momentum, double wd_con
 /* Copies out, in the official BiT schema: parameters, momentum buffers, gradients. */
 int eng_trainer_params(const eng_trainer *t, eng_npz **out);
 int eng_trainer_momentum(const eng_trainer *t, eng_npz **out);
-int eng_trainer_grads(const eng_trainer *t, eng_npz **out);
+int eng_trainer_grads(eng_trainer *t, eng_npz **out); /* sums pending micro-batches first */
 /* Restores momentum buffers saved by eng_trainer_momentum (resume). */
 int eng_trainer_set_momentum(eng_trainer *t, const eng_npz *m, char *err, size_t errlen);
 
