@@ -59,7 +59,8 @@ int api_query_int(srv_req *req, const char *name, long lo, long hi, long dflt, l
 int api_register(api *a, srv *s, char *err, size_t errlen)
 {
     a->srv = s;
-    if (api_routes_datasets(a, s) || api_routes_jobs(a, s) || api_routes_ops(a, s))
+    if (api_routes_datasets(a, s) || api_routes_jobs(a, s) || api_routes_ops(a, s) ||
+        api_routes_models(a, s))
         return eng_errf(err, errlen, ENG_EINVAL, "cannot register the API routes");
     return 0;
 }

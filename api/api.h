@@ -1,11 +1,12 @@
-/* The HTTP API under /v1 (datasets, jobs; models and classification come with the serving
- * work) and the operational endpoints, as handlers registered on an srv. An api borrows the
- * store, worker and strings of its config; responses are JSON built with jansson. */
+/* The HTTP API under /v1 (datasets, jobs, models and classification) and the operational
+ * endpoints, as handlers registered on an srv. An api borrows the store, worker, inference
+ * module and strings of its config; responses are JSON built with jansson. */
 #ifndef BIT_API_H
 #define BIT_API_H
 
 #include "arc.h"
 #include "image.h"
+#include "server/infer.h"
 #include "server/srv.h"
 #include "server/worker.h"
 #include "storage/store.h"
@@ -17,6 +18,8 @@ typedef struct api_config {
     int max_queued;    /* queued jobs before POST /v1/jobs answers 503; default 100 */
     arc_limits arc;    /* limits of uploaded archives */
     img_limits img;    /* limits of images in datasets and classify requests */
+    inf *infer;        /* loads and runs the models of classify requests */
+    int base_resolution; /* eval size of base models without a NAME.json; default 128 */
 } api_config;
 
 typedef struct api api;

@@ -29,5 +29,10 @@ int api_dataset_import(api *a, srv_req *req, const char *tmp_path, int npz, cons
 int api_routes_datasets(api *a, srv *s);
 int api_routes_jobs(api *a, srv *s);
 int api_routes_ops(api *a, srv *s);
+int api_routes_models(api *a, srv *s);
+
+/* 1 when the models directory is readable and every NAME.npz in it has a BiT checkpoint's
+ * arrays (headers only); else 0 with the first problem in err. *count: files checked. */
+int api_models_ready(api *a, int *count, char *err, size_t errlen);
 
 #endif

@@ -186,7 +186,7 @@ static int list_jobs(srv_req *req, void *ud)
     long limit;
     const char *st = srv_query(req, "status"), *after = srv_query(req, "after");
     int status = st ? store_status_parse(st) : STORE_ANY;
-    if (status < STORE_ANY) return srv_error(req, 400, "invalid_parameter", "status: unknown status '%s'", st);
+    if (st && status < 0) return srv_error(req, 400, "invalid_parameter", "status: unknown status '%s'", st);
     if (api_query_int(req, "limit", 1, STORE_LIST_MAX, 50, &limit)) return 0;
     char err[512];
     int64_t seq = 0;

@@ -1,4 +1,5 @@
-/* Operations: /healthz (alive, no auth), /readyz (database, worker, models dir), /metrics. */
+/* Operations: /healthz (alive, no auth), /readyz (database, worker, models loadable),
+ * /metrics (HTTP, jobs, inference). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -19,11 +20,16 @@ static int readyz(srv_req *req, void *ud)
     struct stat sb;
     int db = store_job_count(a->cfg.st, STORE_ANY, &n, err, sizeof err) == 0;
     int worker = !a->cfg.worker || wrk_alive(a->cfg.worker);
-    int models = stat(a->cfg.models_dir, &sb) == 0 && S_ISDIR(sb.st_mode);
-    int ok = db && worker && models;
+    int models = stat(a->cfg.models_dir, &sb) == 0 && S_ISDIR(sb.st_mode), nmodels = 0;
+    /* headers only: a probe must stay cheap, yet a truncated or foreign file shows here */
+    char merr[512] = "";
+    int loadable = models && api_models_ready(a, &nmodels, merr, sizeof merr);
+    int ok = db && worker && models && loadable;
     return srv_json(req, ok ? 200 : 503,
-                    json_pack("{s:s, s:b, s:b, s:b}", "status", ok ? "ready" : "not ready",
-                              "database", db, "worker", worker, "models_dir", models));
+                    json_pack("{s:s, s:b, s:b, s:b, s:b, s:i, s:s*}", "status",
+                              ok ? "ready" : "not ready", "database", db, "worker", worker,
+                              "models_dir", models, "models", loadable, "models_checked", nmodels,
+                              "models_error", merr[0] ? merr : NULL));
 }
 
 static int metrics(srv_req *req, void *ud)
@@ -43,6 +49,7 @@ static int metrics(srv_req *req, void *ud)
     fprintf(f, "# HELP bit_training_images_per_second Throughput of the running job.\n"
                "# TYPE bit_training_images_per_second gauge\nbit_training_images_per_second %g\n",
             a->cfg.worker ? wrk_images_per_sec(a->cfg.worker) : 0.0);
+    if (a->cfg.infer) inf_metrics_text(a->cfg.infer, f);
     fclose(f);
     int rc = srv_text(req, 200, "text/plain; version=0.0.4", buf, len);
     free(buf);

@@ -3,25 +3,34 @@
 # Used by the README, .ci/run and the Dockerfile. Idempotent and non-interactive.
 #   install-deps.sh            build + runtime packages (what a developer or CI needs)
 #   install-deps.sh --runtime  runtime libraries only (what the Docker runtime stage needs)
-#   install-deps.sh --print [--runtime]  print the list, install nothing
+#   install-deps.sh --fuzz     only what fuzzing adds (tests/fuzz/README): clang, libFuzzer
+#   install-deps.sh --print [--runtime|--fuzz]  print the list, install nothing
 set -eu
 
 BUILD_PKGS="build-essential autoconf automake pkg-config git ca-certificates
 libdnnl-dev libzip-dev libjansson-dev libmicrohttpd-dev libsqlite3-dev
 libjpeg62-turbo-dev libpng-dev libarchive-dev zlib1g-dev"
 RUNTIME_PKGS="libdnnl2 libzip4 libjansson4 libmicrohttpd12 libsqlite3-0
-libjpeg62-turbo libpng16-16 libarchive13 zlib1g libgomp1 curl"
+libjpeg62-turbo libpng16-16 libarchive13 zlib1g libgomp1 curl ca-certificates"
+# Fuzzing only, never part of the default list: clang with libFuzzer and the sanitizer
+# runtimes (libclang-rt), its OpenMP (configure checks it), llvm-symbolizer for crash traces.
+FUZZ_PKGS="clang-14 libclang-rt-14-dev libomp-14-dev llvm-14"
 
 mode=build
 print=0
 for arg in "$@"; do
   case "$arg" in
     --runtime) mode=runtime ;;
+    --fuzz) mode=fuzz ;;
     --print) print=1 ;;
     *) echo "install-deps.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
-if [ "$mode" = runtime ]; then pkgs=$RUNTIME_PKGS; else pkgs="$BUILD_PKGS $RUNTIME_PKGS"; fi
+case "$mode" in
+  runtime) pkgs=$RUNTIME_PKGS ;;
+  fuzz) pkgs=$FUZZ_PKGS ;;
+  *) pkgs="$BUILD_PKGS $RUNTIME_PKGS" ;;
+esac
 
 if [ "$print" = 1 ]; then echo $pkgs | tr ' ' '\n'; exit 0; fi
 

@@ -21,8 +21,13 @@ static size_t dtype_size(eng_dtype d)
 static int shape_bytes(int ndim, const int64_t *shape, size_t itemsize, size_t *out)
 {
     size_t n = itemsize;
+    int64_t numel = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0 || eng_mul_size(n, (size_t)shape[i], &n) != 0) return -1;
+        /* eng_tensor_numel multiplies in int64 in this order: a zero dimension further on
+         * must not let an unrepresentable count before it through. */
+        if (shape[i] && numel > INT64_MAX / shape[i]) return -1;
+        numel *= shape[i];
     }
     *out = n;
     return 0;

@@ -139,12 +139,13 @@ int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
                           st.name);
             goto fail;
         }
-        total += st.size;
-        if (total > max_total) {
+        /* Compared before adding: a zip64 size near 2^64 would wrap the sum past the limit. */
+        if (st.size > max_total - total) {
             rc = eng_errf(err, errlen, ENG_ELIMIT, "%s: arrays exceed the limit of %llu bytes",
                           path, (unsigned long long)max_total);
             goto fail;
         }
+        total += st.size;
         eng_tensor *t;
         if ((rc = read_entry(za, (zip_uint64_t)i, st.name, st.size, &t, err, errlen)) < 0)
             goto fail;

@@ -12,7 +12,7 @@ static const char dataset_usage[] =
     "PATH is a directory of class folders (or train/ and val/), a tar, tar.gz, tar.xz or zip\n"
     "archive of one, or an .npz of tensors (x, y, optional x_val, y_val, classes). Prints the\n"
     "summary as JSON: classes, images per class and split, skipped files, median image size.\n"
-    "Without val/, a stratified hold-out (default 10 %% per class, seeded) is the validation\n"
+    "Without val/, a stratified hold-out (default 10 % per class, seeded) is the validation\n"
     "split; the hold-out keeps at least one image of each class in training.\n";
 
 int cmd_dataset(int argc, char **argv)

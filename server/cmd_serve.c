@@ -1,5 +1,6 @@
 /* bit serve: the daemon. One process holds the HTTP server (its own thread pool), the job
- * worker (its own training thread budget) and the store; SIGTERM/SIGINT stop it gracefully.
+ * worker (its own training thread budget), the inference thread (its own budget, so a job
+ * slows classification only boundedly) and the store; SIGTERM/SIGINT stop it gracefully.
  * Every option is a flag and a BIT_* environment variable (flags win), read once at start. */
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +22,7 @@ typedef struct serve_cfg {
     char listen[300], data_dir[2048], models_dir[2048], token_file[2048];
     long http_threads, train_threads, loader_threads, max_upload_mb, max_queued;
     long max_connections, timeout_s, max_dataset_mb, max_image_mp, shutdown_s;
+    long infer_threads, max_batch, batch_delay_ms, infer_queue, model_cache_mb, base_resolution;
 } serve_cfg;
 
 typedef struct opt {
@@ -42,8 +44,14 @@ static int options(serve_cfg *c, opt *o)
         STR("data-dir", "BIT_DATA_DIR", data_dir, "datasets, jobs and the database (default ./var)"),
         STR("models-dir", "BIT_MODELS_DIR", models_dir, "base models NAME.npz (default ./models)"),
         STR("api-token-file", "BIT_API_TOKEN_FILE", token_file, "file holding the bearer token (or BIT_API_TOKEN)"),
-        NUM("http-threads", "BIT_HTTP_THREADS", http_threads, 1, 256, "HTTP thread pool (default 4)"),
-        NUM("train-threads", "BIT_TRAIN_THREADS", train_threads, 0, 4096, "training compute threads (0 = every core)"),
+        NUM("http-threads", "BIT_HTTP_THREADS", http_threads, 1, 256, "HTTP thread pool (default 8)"),
+        NUM("train-threads", "BIT_TRAIN_THREADS", train_threads, 0, 4096, "training compute threads (0 = cores - infer-threads)"),
+        NUM("infer-threads", "BIT_INFER_THREADS", infer_threads, 1, 4096, "inference compute threads (default 1)"),
+        NUM("max-batch", "BIT_MAX_BATCH", max_batch, 1, 64, "images per forward pass (default 8)"),
+        NUM("batch-delay-ms", "BIT_BATCH_DELAY_MS", batch_delay_ms, 0, 10000, "wait for a fuller batch (default 5)"),
+        NUM("infer-queue", "BIT_INFER_QUEUE", infer_queue, 1, 100000, "waiting images before 503 (default 64)"),
+        NUM("model-cache-mb", "BIT_MODEL_CACHE_MB", model_cache_mb, 1, 1 << 24, "weights kept loaded (default 2048)"),
+        NUM("base-resolution", "BIT_BASE_RESOLUTION", base_resolution, 32, 4096, "eval size of base models (default 128)"),
         NUM("loader-threads", "BIT_LOADER_THREADS", loader_threads, 1, 64, "image decoding threads per job (default 1)"),
         NUM("max-upload-mb", "BIT_MAX_UPLOAD_MB", max_upload_mb, 1, 1 << 22, "largest request body (default 2048)"),
         NUM("max-dataset-mb", "BIT_MAX_DATASET_MB", max_dataset_mb, 1, 1 << 24, "largest unpacked dataset (default 8192)"),
@@ -81,9 +89,11 @@ static void usage(FILE *f, serve_cfg *c)
 static int parse(int argc, char **argv, serve_cfg *c)
 {
     *c = (serve_cfg){.listen = "127.0.0.1:8080", .data_dir = "./var", .models_dir = "./models",
-                     .http_threads = 4, .loader_threads = 1, .max_upload_mb = 2048,
+                     .http_threads = 8, .loader_threads = 1, .max_upload_mb = 2048,
                      .max_queued = 100, .max_connections = 256, .timeout_s = 30,
-                     .max_dataset_mb = 8192, .max_image_mp = 40, .shutdown_s = 10};
+                     .max_dataset_mb = 8192, .max_image_mp = 40, .shutdown_s = 10,
+                     .infer_threads = 1, .max_batch = 8, .batch_delay_ms = 5, .infer_queue = 64,
+                     .model_cache_mb = 2048, .base_resolution = 128};
     opt o[32];
     struct option lo[34];
     int n = options(c, o);
@@ -160,6 +170,7 @@ static int make_dirs(const serve_cfg *c)
 typedef struct parts {
     store *st;
     wrk *w;
+    inf *inf;
     api *a;
     srv *s;
 } parts;
@@ -174,12 +185,18 @@ static int start(const serve_cfg *c, const char *token, parts *p, char *err, siz
     if ((rc = store_open(db, &p->st, err, errlen))) return rc;
     if ((rc = store_recover(p->st, err, errlen)) < 0) return rc;
     if (rc > 0) fprintf(stderr, "{\"component\":\"serve\",\"event\":\"requeued\",\"jobs\":%d}\n", rc);
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    /* libgomp teams spin while waiting: more compute threads than cores collapses both */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN), train = cores - c->infer_threads;
     wrk_config wc = {.st = p->st, .data_dir = c->data_dir, .models_dir = c->models_dir,
-                     .threads = (int)(c->train_threads ? c->train_threads : (cores > 0 ? cores : 1)),
+                     .threads = (int)(c->train_threads ? c->train_threads : (train > 0 ? train : 1)),
                      .loader_threads = (int)c->loader_threads};
+    inf_config ic = {.threads = (int)c->infer_threads, .max_batch = (int)c->max_batch,
+                     .batch_delay_ms = c->batch_delay_ms ? (int)c->batch_delay_ms : -1,
+                     .max_queue = (int)c->infer_queue,
+                     .cache_bytes = (uint64_t)c->model_cache_mb << 20};
     api_config ac = {.st = p->st, .data_dir = c->data_dir, .models_dir = c->models_dir,
-                     .max_queued = (int)c->max_queued};
+                     .max_queued = (int)c->max_queued,
+                     .base_resolution = (int)c->base_resolution};
     ac.arc.max_total_bytes = (uint64_t)c->max_dataset_mb << 20;
     ac.img.max_pixels = (uint64_t)c->max_image_mp * 1000000;
     srv_config sc;
@@ -191,8 +208,10 @@ static int start(const serve_cfg *c, const char *token, parts *p, char *err, siz
     char tmp[2100];
     snprintf(tmp, sizeof tmp, "%s/tmp", c->data_dir); /* same filesystem: uploads rename into place */
     sc.temp_dir = tmp;
-    if ((rc = wrk_new(&wc, &p->w, err, errlen))) return rc;
-    ac.worker = p->w;
+    if ((rc = wrk_new(&wc, &p->w, err, errlen)) || (rc = inf_new(&ic, &p->inf, err, errlen)) ||
+        (rc = inf_start(p->inf, err, errlen)))
+        return rc;
+    ac.worker = p->w, ac.infer = p->inf;
     if ((rc = api_new(&ac, &p->a, err, errlen)) || (rc = srv_new(&sc, &p->s, err, errlen)) ||
         (rc = api_register(p->a, p->s, err, errlen)) || (rc = wrk_start(p->w, err, errlen)) ||
         (rc = srv_start(p->s, err, errlen)))
@@ -202,11 +221,12 @@ static int start(const serve_cfg *c, const char *token, parts *p, char *err, siz
     return 0;
 }
 
-/* Stop order: no new requests (in-flight ones finish), then the worker checkpoints and
- * requeues its job, then the database closes. */
+/* Stop order: no new requests (in-flight ones finish, so inference stops after them), then
+ * the worker checkpoints and requeues its job, then the database closes. */
 static void stop(parts *p)
 {
     if (p->s) srv_stop(p->s);
+    inf_free(p->inf);
     wrk_free(p->w);
     srv_free(p->s);
     api_free(p->a);

@@ -27,7 +27,7 @@ static const char finetune_usage[] =
     "  --examples-per-class K   few-shot: K training images per class\n"
     "  --seed S             data order, augmentation, MixUp, hold-out (default 0)\n"
     "  --eval-every N       evaluate every N steps (and always at the end)\n"
-    "  --save-every N       checkpoint every N steps (default: 5 %% of the run)\n"
+    "  --save-every N       checkpoint every N steps (default: 5 % of the run)\n"
     "  --no-augment         evaluation transform for training images\n"
     "  --no-shuffle         stored order, batch after batch\n"
     "  --threads N          compute threads (0 = every core)\n"

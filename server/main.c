@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "server/cmd_help.h"
 
 static const struct {
     const char *name;
@@ -30,7 +31,8 @@ static void usage(FILE *f)
                "commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
-    fprintf(f, "\n`bit COMMAND --help` lists the options of a command.\n");
+    fprintf(f, "\n`bit COMMAND --help` lists the options of a command; `bit help TOPIC` explains\n"
+               "hyperrule, api and env; `man bit` has everything.\n");
 }
 
 int main(int argc, char **argv)
@@ -39,6 +41,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (!strcmp(argv[1], "help") && argc > 2) return cmd_help(argc - 1, argv + 1);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;

@@ -60,6 +60,13 @@ typedef int (*srv_handler)(srv_req *req, void *ud);
 int srv_route(srv *s, const char *method, const char *pattern, srv_handler fn, void *ud,
               unsigned flags);
 
+/* The route table, read-only, in registration order: lets tooling and tests compare what the
+ * server answers with what is documented (api/openapi.yaml) without sending requests.
+ * srv_route_at gives route i's method and pattern as registered (they live as long as s);
+ * ENG_EINVAL when i >= srv_route_count(s). */
+size_t srv_route_count(const srv *s);
+int srv_route_at(const srv *s, size_t i, const char **method, const char **pattern);
+
 int srv_start(srv *s, char *err, size_t errlen);
 int srv_port(const srv *s); /* the bound port once started, else -1 */
 /* Stops accepting, waits up to stop_timeout_ms for in-flight requests, then shuts MHD down.

@@ -317,7 +317,7 @@ static int mp_feed(srv_req *r, const char *p, size_t n)
 }
 
 /* boundary := 1*70 bchars (RFC 2046); quoted or not. */
-static int mp_new(srv_req *r, const char *ctype)
+int srv__mp_new(srv_req *r, const char *ctype)
 {
     const char *b = strcasestr(ctype, "boundary=");
     if (!b) return bad_mp(r, "no boundary");
@@ -357,7 +357,7 @@ int srv__body_begin(srv_req *r)
               : r->mode == SRV_BODY_FILE || len > c->max_memory_body ? SRV_FILEBODY
                                                                       : SRV_MEMBODY;
     if (r->mode != SRV_BODY_NONE && ct && !strncasecmp(ct, "multipart/form-data", 19))
-        return mp_new(r, ct);
+        return srv__mp_new(r, ct);
     if (r->kind == SRV_MEMBODY && len && !(r->mem = malloc(len + 1)))
         return srv__fail(r, 500, "internal", "out of memory");
     r->mcap = r->mem ? len + 1 : 0;

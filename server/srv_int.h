@@ -119,7 +119,9 @@ int srv__auth_ok(const srv *s, const char *authorization);
 void srv__kv_free(srv_kv *kv, size_t n);
 void srv__routes_free(srv *s);
 
-/* srv_body.c */
+/* srv_body.c. srv__mp_new starts the multipart parser for a Content-Type (srv__body_begin
+ * does when the request has one); separate so the parser can be driven without MHD. */
+int srv__mp_new(srv_req *r, const char *ctype);
 int srv__body_begin(srv_req *r);
 int srv__body_feed(srv_req *r, const char *p, size_t n);
 int srv__body_finish(srv_req *r);

@@ -154,6 +154,16 @@ int srv_route(srv *s, const char *method, const char *pattern, srv_handler fn, v
     return 0;
 }
 
+size_t srv_route_count(const srv *s) { return s->nroutes; }
+
+int srv_route_at(const srv *s, size_t i, const char **method, const char **pattern)
+{
+    if (i >= s->nroutes) return ENG_EINVAL;
+    if (method) *method = s->routes[i].method;
+    if (pattern) *pattern = s->routes[i].pattern;
+    return 0;
+}
+
 /* ---- matching ---- */
 
 /* Splits the raw path into decoded segments inside buf (strlen(path) + 1 bytes). */

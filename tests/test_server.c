@@ -370,6 +370,7 @@ static void error_statuses(void)
     T_CHECK(expect(&s, "POST", "/v1/datasets", "Content-Type: text/plain\r\n", "hello", 415, NULL));
     T_CHECK(expect(&s, "POST", "/v1/datasets", "Content-Type: application/x-tar\r\n", "not an archive at all", 422, NULL));
     T_CHECK(expect(&s, "GET", "/v1/jobs?limit=0", NULL, NULL, 400, "limit"));
+    T_CHECK(expect(&s, "GET", "/v1/jobs?status=bogus", NULL, NULL, 400, "status"));
     int st;
     size_t len;
     void *evil = slurp(hostile_tar(), &len);

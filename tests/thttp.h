@@ -18,14 +18,14 @@ typedef struct th_resp {
     size_t body_len;
 } th_resp;
 
-static void th_free(th_resp *r)
+static inline void th_free(th_resp *r)
 {
     free(r->headers);
     free(r->body);
     memset(r, 0, sizeof *r);
 }
 
-static int th_send_all(int fd, const void *p, size_t n)
+static inline int th_send_all(int fd, const void *p, size_t n)
 {
     const char *c = p;
     while (n) {
@@ -38,7 +38,7 @@ static int th_send_all(int fd, const void *p, size_t n)
 
 /* Sends METHOD PATH with optional extra header lines ("K: V\r\n...") and body; returns 0 and
  * fills r, or -1 when the connection failed. Reads until the server closes. */
-static int th_request(int port, const char *method, const char *path, const char *headers,
+static inline int th_request(int port, const char *method, const char *path, const char *headers,
                       const void *body, size_t len, th_resp *r)
 {
     memset(r, 0, sizeof *r);
@@ -91,7 +91,7 @@ typedef struct th_part {
     size_t len;
 } th_part;
 
-static char *th_multipart(const th_part *parts, int n, size_t *len, char *ctype, size_t clen)
+static inline char *th_multipart(const th_part *parts, int n, size_t *len, char *ctype, size_t clen)
 {
     const char *b = "----bitdtestboundary7MA4YWxkTrZu0gW";
     size_t cap = 1024;

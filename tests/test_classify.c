@@ -1,0 +1,718 @@
+/* Classification and the model registry over real HTTP: raw and multipart images, top_k, every
+ * error status, auth, listing/download/delete, LRU eviction, 32 concurrent clients, and
+ * classifying while a job trains. Answers are checked against the engine run in-process.
+ *
+ * Scores are compared with a relative tolerance of 1e-5, not exactly: a batched request may
+ * run at another batch size than its reference, and oneDNN may pick other kernels (another
+ * summation order) per batch size and thread count. Class order must be identical. */
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "labels.h"
+#include "net.h"
+#include "preproc.h"
+#include "t.h"
+#include "thttp.h"
+#include "timg.h"
+
+static char err[512];
+
+typedef struct server {
+    pid_t pid;
+    int port;
+    char dir[512], log[600];
+} server;
+
+/* Servers still running when a case stops early are killed at exit, never left behind. */
+static pid_t live[64];
+static int nlive;
+
+static void kill_live(void)
+{
+    for (int i = 0; i < nlive; i++)
+        if (live[i] > 0) kill(live[i], SIGKILL);
+}
+
+static void put_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) fputs(text, f), fclose(f);
+}
+
+/* models/: tiny.npz (10 classes, labels class0..class9), tiny2.npz (7 classes, no labels,
+ * tiny2.json asks for resolution 64). */
+static void models_dir(const char *dir)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/models", dir);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/models/tiny.npz", dir);
+    symlink(t_fixture("model.npz"), p);
+    snprintf(p, sizeof p, "%s/models/tiny2.npz", dir);
+    symlink(t_fixture("model2.npz"), p);
+    snprintf(p, sizeof p, "%s/models/tiny.labels.txt", dir);
+    put_file(p, "class0\nclass1\nclass2\nclass3\nclass4\nclass5\nclass6\nclass7\nclass8\nclass9\n");
+    snprintf(p, sizeof p, "%s/models/tiny2.json", dir);
+    put_file(p, "{\"resolution\": 64}\n");
+}
+
+static int wait_port(server *s)
+{
+    for (int i = 0; i < 400; i++) { /* the port appears in the "listening" log line */
+        usleep(25000);
+        FILE *f = fopen(s->log, "r");
+        char line[1024];
+        while (f && fgets(line, sizeof line, f)) {
+            char *u = strstr(line, "\"url\":\"http://127.0.0.1:");
+            if (u) s->port = atoi(u + strlen("\"url\":\"http://127.0.0.1:"));
+        }
+        if (f) fclose(f);
+        if (s->port) return 0;
+    }
+    fprintf(stderr, "  server did not start (see %s)\n", s->log);
+    return -1;
+}
+
+/* Starts `bit serve` on an ephemeral port with its data under t_tmpdir()/name. */
+static int server_start(server *s, const char *name, const char *const *extra)
+{
+    const char *bin = getenv("BIT_BIN");
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "%s/%s", t_tmpdir(), name);
+    snprintf(s->log, sizeof s->log, "%s/serve.log", s->dir);
+    mkdir(s->dir, 0755);
+    models_dir(s->dir);
+    char models[600], data[600];
+    snprintf(models, sizeof models, "%s/models", s->dir);
+    snprintf(data, sizeof data, "%s/var", s->dir);
+    const char *argv[40] = {bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
+                            "--models-dir", models, "--train-threads", "1", "--infer-threads", "1"};
+    int n = 12;
+    for (int i = 0; extra && extra[i] && n < 39; i++) argv[n++] = extra[i];
+    unlink(s->log);
+    s->pid = fork();
+    if (s->pid == 0) {
+        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 2);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    if (nlive < 64) live[nlive++] = s->pid;
+    return wait_port(s);
+}
+
+static int server_stop(server *s)
+{
+    int st = 0;
+    kill(s->pid, SIGTERM);
+    waitpid(s->pid, &st, 0);
+    for (int i = 0; i < nlive; i++)
+        if (live[i] == s->pid) live[i] = 0;
+    return st;
+}
+
+/* Request returning parsed JSON (NULL if the body is not JSON); status into *status. */
+static json_t *call(const server *s, const char *method, const char *path, const char *hdr,
+                    const void *body, size_t len, int *status)
+{
+    th_resp r;
+    if (th_request(s->port, method, path, hdr, body, len, &r)) {
+        *status = -1;
+        return NULL;
+    }
+    *status = r.status;
+    json_t *j = json_loads(r.body, 0, NULL);
+    th_free(&r);
+    return j;
+}
+
+static const char *str(json_t *j, const char *k) { return json_string_value(json_object_get(j, k)); }
+static const char *err_code(json_t *j) { return str(json_object_get(j, "error"), "code"); }
+
+static void *slurp(const char *path, size_t *len)
+{
+    void *b = NULL;
+    *len = 0;
+    eng_file_read(path, 1 << 30, &b, len, err, sizeof err);
+    return b;
+}
+
+/* ---------------------------------------------------------------- references */
+
+/* What the engine itself says about an image: decoded with the same DCT hint and eval
+ * transform as the server, at resolution res, through a net of the checkpoint. */
+typedef struct ref {
+    int n, idx[16];
+    float prob[16];
+} ref;
+
+static int reference(const char *model, const char *image, int res, int topk, ref *out)
+{
+    eng_npz *z = NULL;
+    eng_arch a;
+    eng_net *net = NULL;
+    img_rgb8 *img = NULL;
+    float *x = malloc(sizeof(float) * 3 * (size_t)res * res), logits[64];
+    int rc = eng_npz_load(model, NULL, &z, err, sizeof err);
+    if (!rc) rc = eng_arch_from_npz(z, &a, err, sizeof err);
+    if (!rc) rc = eng_net_new(z, &a, NULL, &net, err, sizeof err);
+    if (!rc) rc = img_load_file(image, NULL, res, &img, err, sizeof err);
+    if (!rc) rc = pre_eval(img, res, x, err, sizeof err);
+    if (!rc) rc = eng_net_forward(net, x, 1, res, res, logits, NULL, NULL, err, sizeof err);
+    if (!rc) out->n = eng_topk(logits, eng_net_out_dim(net), topk, out->idx, out->prob);
+    if (rc) fprintf(stderr, "  reference: %s\n", err);
+    eng_npz_free(z);
+    eng_net_free(net);
+    img_rgb8_free(img);
+    free(x);
+    return rc;
+}
+
+static int close_rel(double a, double b) { return fabs(a - b) <= 1e-5 * fmax(fabs(a), fabs(b)) + 1e-12; }
+
+/* 1 when predictions (a JSON array) equal the reference: same classes in the same order,
+ * scores within the tolerance; labels "class<i>" when labelled. */
+static int same_predictions(json_t *preds, const ref *r, int labelled)
+{
+    if (json_array_size(preds) != (size_t)r->n) return 0;
+    for (int i = 0; i < r->n; i++) {
+        json_t *p = json_array_get(preds, i);
+        char want[32];
+        snprintf(want, sizeof want, labelled ? "class%d" : "%d", r->idx[i]);
+        if (json_integer_value(json_object_get(p, "index")) != r->idx[i] ||
+            !close_rel(json_number_value(json_object_get(p, "score")), r->prob[i]) ||
+            !str(p, "label") || strcmp(str(p, "label"), want)) {
+            fprintf(stderr, "  prediction %d: index %lld score %.9g label %s; want %d %.9g %s\n", i,
+                    (long long)json_integer_value(json_object_get(p, "index")),
+                    json_number_value(json_object_get(p, "score")), str(p, "label"), r->idx[i],
+                    r->prob[i], want);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static json_t *classify_file(const server *s, const char *model, const char *query,
+                             const char *ctype, const char *image, int *status)
+{
+    size_t len;
+    void *b = slurp(image, &len);
+    char path[256], hdr[128];
+    snprintf(path, sizeof path, "/v1/models/%s/classify%s", model, query ? query : "");
+    snprintf(hdr, sizeof hdr, "Content-Type: %s\r\n", ctype);
+    json_t *j = call(s, "POST", path, hdr, b, len, status);
+    free(b);
+    return j;
+}
+
+/* ---------------------------------------------------------------- cases */
+
+static void raw_bodies(void)
+{
+    server s;
+    T_REQUIRE(server_start(&s, "raw", NULL) == 0);
+    const char *jpg = t_fixture("img_rgb160.jpg"), *png = t_fixture("img_graphic64x48.png");
+    ref rj, rp, r3;
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 5, &rj) == 0);
+    T_REQUIRE(reference(t_fixture("model.npz"), png, 128, 5, &rp) == 0);
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 3, &r3) == 0);
+    int st;
+    json_t *j = classify_file(&s, "tiny", NULL, "image/jpeg", jpg, &st);
+    T_CHECKF(st == 200, "status %d", st);
+    T_CHECK(str(j, "model") && !strcmp(str(j, "model"), "tiny"));
+    T_CHECK(same_predictions(json_object_get(j, "predictions"), &rj, 1));
+    json_t *tm = json_object_get(j, "timing_ms");
+    T_CHECK(json_number_value(json_object_get(tm, "total")) >= json_number_value(json_object_get(tm, "infer")) &&
+            json_number_value(json_object_get(tm, "infer")) > 0 && json_is_number(json_object_get(tm, "decode")));
+    json_decref(j);
+    j = classify_file(&s, "tiny", NULL, "image/png", png, &st);
+    T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &rp, 1));
+    json_decref(j);
+    j = classify_file(&s, "tiny", "?top_k=3", "application/octet-stream", jpg, &st);
+    T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &r3, 1));
+    json_decref(j);
+    j = classify_file(&s, "tiny", "?top_k=1000", "image/jpeg", jpg, &st); /* all ten, best first */
+    T_CHECK(st == 200 && json_array_size(json_object_get(j, "predictions")) == 10);
+    json_decref(j);
+    T_CHECK(server_stop(&s) == 0); /* exit 0: clean shutdown, no leak under ASan */
+}
+
+static void multipart_images(void)
+{
+    server s;
+    T_REQUIRE(server_start(&s, "multipart", NULL) == 0);
+    const char *jpg = t_fixture("img_rgb160.jpg"), *png = t_fixture("img_graphic64x48.png");
+    ref rj, rp;
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 2, &rj) == 0);
+    T_REQUIRE(reference(t_fixture("model.npz"), png, 128, 2, &rp) == 0);
+    size_t lj, lp, blen;
+    void *bj = slurp(jpg, &lj), *bp = slurp(png, &lp);
+    th_part parts[] = {{"image", "a.jpg", bj, lj}, {"note", NULL, "ignored", 7},
+                       {"image", "b.png", bp, lp}, {"image", "c.jpg", bj, lj}};
+    char ctype[256];
+    char *body = th_multipart(parts, 4, &blen, ctype, sizeof ctype);
+    int st;
+    json_t *j = call(&s, "POST", "/v1/models/tiny/classify?top_k=2", ctype, body, blen, &st);
+    json_t *res = json_object_get(j, "results");
+    T_CHECKF(st == 200 && json_array_size(res) == 3, "status %d", st);
+    T_CHECK(same_predictions(json_object_get(json_array_get(res, 0), "predictions"), &rj, 1));
+    T_CHECK(same_predictions(json_object_get(json_array_get(res, 1), "predictions"), &rp, 1));
+    T_CHECK(same_predictions(json_object_get(json_array_get(res, 2), "predictions"), &rj, 1));
+    T_CHECK(str(json_array_get(res, 1), "filename") && !strcmp(str(json_array_get(res, 1), "filename"), "b.png"));
+    T_CHECK(json_object_get(j, "timing_ms") && !json_object_get(j, "predictions"));
+    json_decref(j);
+    free(body);
+    body = th_multipart(parts + 2, 1, &blen, ctype, sizeof ctype); /* one part: one answer */
+    j = call(&s, "POST", "/v1/models/tiny/classify?top_k=2", ctype, body, blen, &st);
+    T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &rp, 1));
+    json_decref(j);
+    free(body), free(bj), free(bp);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+static int expect(const server *s, const char *path, const char *hdr, const void *body,
+                  size_t len, int want, const char *code)
+{
+    int st;
+    json_t *j = call(s, "POST", path, hdr, body, len, &st);
+    const char *msg = str(json_object_get(j, "error"), "message");
+    int ok = st == want && err_code(j) && (!code || !strcmp(err_code(j), code)) && msg && *msg;
+    if (!ok) fprintf(stderr, "  %s: %d %s (wanted %d %s) %s\n", path, st, err_code(j), want,
+                     code ? code : "", msg ? msg : "");
+    json_decref(j);
+    return ok;
+}
+
+/* Every refusal that happens before inference, on a server with small limits. */
+static void error_statuses(void)
+{
+    server s;
+    const char *extra[] = {"--max-image-mp", "1", "--max-upload-mb", "1", "--infer-queue", "2", NULL};
+    T_REQUIRE(server_start(&s, "errors", extra) == 0);
+    const char *u = "/v1/models/tiny/classify", *jt = "Content-Type: image/jpeg\r\n";
+    size_t lj, big_len, blen;
+    char *jpg = slurp(t_fixture("img_rgb160.jpg"), &lj), ctype[256];
+    T_CHECK(expect(&s, "/v1/models/nope/classify", jt, jpg, lj, 404, "not_found"));
+    T_CHECK(expect(&s, "/v1/models/..%2Fmodels%2Ftiny/classify", jt, jpg, lj, 400, NULL)); /* srv */
+    T_CHECK(expect(&s, "/v1/models/tiny.npz/classify", jt, jpg, lj, 404, "not_found")); /* a name, not a file */
+    T_CHECK(expect(&s, u, "Content-Type: text/plain\r\n", "hello", 5, 415, "unsupported_media_type"));
+    T_CHECK(expect(&s, u, "Content-Type: application/octet-stream\r\n", "GIF89a\1\0\1\0", 10, 415, NULL));
+    T_CHECK(expect(&s, u, "Content-Type: image/png\r\n", "definitely not a png", 20, 422, "invalid_image"));
+    T_CHECK(expect(&s, u, jt, jpg, lj / 2, 422, "invalid_image")); /* truncated: the decoder's reason */
+    T_CHECK(expect(&s, u, jt, NULL, 0, 400, NULL));
+    T_CHECK(expect(&s, "/v1/models/tiny/classify?top_k=0", jt, jpg, lj, 400, "invalid_parameter"));
+    uint8_t *big = jpeg_rgb(1200, 1000, &(jpeg_opts){0}, &big_len); /* 1.2 MP, under 1 MiB */
+    T_CHECK(big_len < (1 << 20) && expect(&s, u, jt, big, big_len, 413, "too_large"));
+    char *huge = calloc(1, 2 << 20);
+    T_CHECK(expect(&s, u, "Content-Type: application/octet-stream\r\n", huge, 2 << 20, 413, NULL));
+    th_part none[] = {{"file", "a.jpg", jpg, lj}}, three[] = {{"image", "a.jpg", jpg, lj},
+                                                             {"image", "b.jpg", jpg, lj},
+                                                             {"image", "c.jpg", jpg, lj}};
+    char *body = th_multipart(none, 1, &blen, ctype, sizeof ctype);
+    T_CHECK(expect(&s, u, ctype, body, blen, 400, "invalid_parameter"));
+    free(body);
+    body = th_multipart(three, 3, &blen, ctype, sizeof ctype); /* more than the queue holds */
+    T_CHECK(expect(&s, u, ctype, body, blen, 413, "too_large"));
+    free(body), free(big), free(huge), free(jpg);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+typedef struct shot {
+    const server *s;
+    const char *model, *image;
+    int status;
+    json_t *j;
+} shot;
+
+static void *shoot(void *ud)
+{
+    shot *c = ud;
+    c->j = classify_file(c->s, c->model, NULL, "image/jpeg", c->image, &c->status);
+    return NULL;
+}
+
+static double metric(const server *s, const char *name)
+{
+    th_resp r;
+    double v = -1;
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    if (th_request(s->port, "GET", "/metrics", NULL, NULL, 0, &r)) return -1;
+    const char *p = strstr(r.body, key);
+    if (p) v = atof(p + strlen(key));
+    th_free(&r);
+    return v;
+}
+
+/* Polls a metric until it has the value (at most about 3 s). A pool thread may accept a
+ * connection in the same poll round as a request whose handler then blocks, and that
+ * connection waits for the handler: so the caller first lets such handlers block. */
+static int metric_becomes(const server *s, const char *name, double want)
+{
+    for (int i = 0; i < 300; i++, usleep(10000))
+        if (metric(s, name) == want) return 1;
+    return 0;
+}
+
+/* A queue of one image. "slow" (the tiny model at 2048 x 2048, a second or more per pass)
+ * keeps the inference thread busy while a second request waits in the queue; a third is
+ * refused with 503 and Retry-After, and the two others still succeed. */
+static void queue_full(void)
+{
+    server s;
+    const char *extra[] = {"--infer-queue", "1", NULL};
+    T_REQUIRE(server_start(&s, "busy", extra) == 0);
+    char p[700];
+    snprintf(p, sizeof p, "%s/models/slow.npz", s.dir);
+    symlink(t_fixture("model.npz"), p);
+    snprintf(p, sizeof p, "%s/models/slow.json", s.dir);
+    put_file(p, "{\"resolution\": 2048}");
+    const char *jpg = t_fixture("img_rgb160.jpg");
+    shot a = {&s, "slow", jpg, 0, NULL}, b = {&s, "tiny", jpg, 0, NULL};
+    pthread_t ta, tb;
+    T_REQUIRE(pthread_create(&ta, NULL, shoot, &a) == 0);
+    usleep(300000);
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_seconds_count", 1)); /* a computes */
+    T_REQUIRE(pthread_create(&tb, NULL, shoot, &b) == 0);
+    usleep(300000);
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_images", 1)); /* b waits */
+    size_t len;
+    void *img = slurp(jpg, &len);
+    th_resp r;
+    T_REQUIRE(th_request(s.port, "POST", "/v1/models/tiny/classify", "Content-Type: image/jpeg\r\n", img, len, &r) == 0);
+    T_CHECKF(r.status == 503 && strstr(r.headers, "Retry-After: ") && strstr(r.body, "\"busy\""),
+             "status %d", r.status);
+    th_free(&r);
+    free(img);
+    pthread_join(ta, NULL), pthread_join(tb, NULL);
+    T_CHECK(a.status == 200 && b.status == 200);
+    json_decref(a.j), json_decref(b.j);
+    T_CHECK(metric(&s, "bit_inference_rejected_total") == 1);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+static int status_of(const server *s, const char *method, const char *path, const char *hdr,
+                     const char *body)
+{
+    int st;
+    json_t *j = call(s, method, path, hdr, body, body ? strlen(body) : 0, &st);
+    json_decref(j);
+    return st;
+}
+
+static void auth(void)
+{
+    server s;
+    char tok[600];
+    snprintf(tok, sizeof tok, "%s/token", t_tmpdir());
+    put_file(tok, "s3cret-token-for-the-tests-0123456789\n");
+    const char *extra[] = {"--api-token-file", tok, NULL};
+    T_REQUIRE(server_start(&s, "auth", extra) == 0);
+    const char *good = "Authorization: Bearer s3cret-token-for-the-tests-0123456789\r\n";
+    const char *bad = "Authorization: Bearer s3cret-token-for-the-tests-0123456780\r\n";
+    size_t lj;
+    char *jpg = slurp(t_fixture("img_rgb160.jpg"), &lj), hdr[256];
+    const char *routes[][2] = {{"GET", "/v1/models"}, {"GET", "/v1/models/tiny"},
+                               {"GET", "/v1/models/tiny/download"}, {"DELETE", "/v1/models/tiny"},
+                               {"POST", "/v1/models/tiny/classify"}, {"GET", "/metrics"},
+                               {"GET", "/readyz"}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        T_CHECKF(status_of(&s, routes[i][0], routes[i][1], NULL, NULL) == 401, "%s", routes[i][1]);
+        T_CHECKF(status_of(&s, routes[i][0], routes[i][1], bad, NULL) == 401, "%s", routes[i][1]);
+    }
+    T_CHECK(status_of(&s, "GET", "/healthz", NULL, NULL) == 200);
+    T_CHECK(status_of(&s, "GET", "/v1/models", good, NULL) == 200);
+    T_CHECK(status_of(&s, "GET", "/v1/models/tiny/download", good, NULL) == 200);
+    T_CHECK(status_of(&s, "DELETE", "/v1/models/tiny", good, NULL) == 409); /* past auth */
+    snprintf(hdr, sizeof hdr, "%sContent-Type: image/jpeg\r\n", good);
+    int st;
+    json_t *j = call(&s, "POST", "/v1/models/tiny/classify", hdr, jpg, lj, &st);
+    T_CHECK(st == 200 && json_array_size(json_object_get(j, "predictions")) == 5);
+    json_decref(j);
+    free(jpg);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+static json_t *find_model(json_t *list, const char *id)
+{
+    json_t *m;
+    size_t i;
+    json_array_foreach(json_object_get(list, "models"), i, m)
+        if (str(m, "id") && !strcmp(str(m, "id"), id)) return m;
+    return NULL;
+}
+
+static int loaded(const server *s, const char *id)
+{
+    int st;
+    char path[128];
+    snprintf(path, sizeof path, "/v1/models/%s", id);
+    json_t *j = call(s, "GET", path, NULL, NULL, 0, &st);
+    int v = st == 200 && json_is_true(json_object_get(j, "loaded"));
+    json_decref(j);
+    return v;
+}
+
+static void check_base_listing(const server *s)
+{
+    int st;
+    json_t *l = call(s, "GET", "/v1/models", NULL, NULL, 0, &st);
+    json_t *a = find_model(l, "tiny"), *b = find_model(l, "tiny2");
+    T_REQUIRE(st == 200 && a && b && json_array_size(json_object_get(l, "models")) == 2);
+    struct stat sa, sb;
+    stat(t_fixture("model.npz"), &sa), stat(t_fixture("model2.npz"), &sb);
+    T_CHECK(!strcmp(str(a, "kind"), "base") && !strcmp(str(a, "architecture"), "custom"));
+    T_CHECK(json_integer_value(json_object_get(a, "num_classes")) == 10 &&
+            json_array_size(json_object_get(a, "classes")) == 10 &&
+            !strcmp(json_string_value(json_array_get(json_object_get(a, "classes"), 6)), "class6"));
+    T_CHECK(json_integer_value(json_object_get(a, "resolution")) == 128 &&
+            json_integer_value(json_object_get(a, "bytes")) == sa.st_size);
+    T_CHECK(json_is_false(json_object_get(a, "loaded")) && json_is_null(json_object_get(a, "job")));
+    T_CHECK(json_integer_value(json_object_get(b, "num_classes")) == 7 &&
+            json_is_null(json_object_get(b, "classes")) &&
+            json_integer_value(json_object_get(b, "resolution")) == 64 &&
+            json_integer_value(json_object_get(b, "bytes")) == sb.st_size);
+    json_decref(l);
+}
+
+static void registry(void)
+{
+    server s;
+    T_REQUIRE(server_start(&s, "registry", NULL) == 0);
+    check_base_listing(&s);
+    th_resp r;
+    size_t len;
+    void *file = slurp(t_fixture("model.npz"), &len);
+    T_REQUIRE(th_request(s.port, "GET", "/v1/models/tiny/download", NULL, NULL, 0, &r) == 0);
+    T_CHECK(r.status == 200 && r.body_len == len && !memcmp(r.body, file, len));
+    T_CHECK(strstr(r.headers, "filename=\"tiny.npz\""));
+    th_free(&r);
+    free(file);
+    ref r2;
+    T_REQUIRE(reference(t_fixture("model2.npz"), t_fixture("img_rgb160.jpg"), 64, 5, &r2) == 0);
+    int st;
+    json_t *j = classify_file(&s, "tiny2", NULL, "image/jpeg", t_fixture("img_rgb160.jpg"), &st);
+    T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &r2, 0));
+    json_decref(j);
+    T_CHECK(loaded(&s, "tiny2") && !loaded(&s, "tiny"));
+    T_CHECK(status_of(&s, "DELETE", "/v1/models/tiny", NULL, NULL) == 409);
+    T_CHECK(status_of(&s, "GET", "/v1/models/nope", NULL, NULL) == 404);
+    T_CHECK(status_of(&s, "GET", "/v1/models/nope/download", NULL, NULL) == 404);
+    T_CHECK(status_of(&s, "DELETE", "/v1/models/nope", NULL, NULL) == 404);
+    /* readiness covers every checkpoint's headers */
+    j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && json_integer_value(json_object_get(j, "models_checked")) == 2);
+    json_decref(j);
+    char bad[700];
+    snprintf(bad, sizeof bad, "%s/models/broken.npz", s.dir);
+    put_file(bad, "PK\3\4 this is no zip");
+    j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
+    T_CHECK(st == 503 && json_is_false(json_object_get(j, "models")) && str(j, "models_error") &&
+            strstr(str(j, "models_error"), "broken.npz"));
+    json_decref(j);
+    j = call(&s, "GET", "/v1/models", NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && json_array_size(json_object_get(j, "models")) == 2);
+    json_decref(j);
+    unlink(bad);
+    T_CHECK(status_of(&s, "GET", "/readyz", NULL, NULL) == 200);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+/* Two models, a budget that holds only one of them: each request still succeeds. */
+static void lru_eviction(void)
+{
+    server s;
+    const char *extra[] = {"--model-cache-mb", "16", NULL}; /* tiny 8.1 MB, tiny2 12.6 MB */
+    T_REQUIRE(server_start(&s, "lru", extra) == 0);
+    const char *jpg = t_fixture("img_rgb160.jpg");
+    ref r1;
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 5, &r1) == 0);
+    const char *order[] = {"tiny", "tiny2", "tiny", "tiny2", "tiny"};
+    for (int i = 0; i < 5; i++) {
+        int st;
+        json_t *j = classify_file(&s, order[i], NULL, "image/jpeg", jpg, &st);
+        T_CHECKF(st == 200, "%s: %d", order[i], st);
+        if (i % 2 == 0) T_CHECK(same_predictions(json_object_get(j, "predictions"), &r1, 1));
+        json_decref(j);
+        T_CHECK(loaded(&s, order[i]) && !loaded(&s, i % 2 ? "tiny" : "tiny2"));
+    }
+    T_CHECK(metric(&s, "bit_models_loaded") == 1 && metric(&s, "bit_model_evictions_total") == 4);
+    T_CHECK(metric(&s, "bit_model_cache_bytes") == 2017578.0 * 4 && metric(&s, "bit_model_loads_total") == 5);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+/* 32 clients at once on one model get what one client alone gets, and share passes. */
+static void concurrent_clients(void)
+{
+    server s;
+    const char *extra[] = {"--http-threads", "32", "--max-batch", "8", "--batch-delay-ms", "20", NULL};
+    T_REQUIRE(server_start(&s, "concurrent", extra) == 0);
+    const char *img[2] = {t_fixture("img_rgb160.jpg"), t_fixture("img_graphic64x48.png")};
+    ref want[2];
+    T_REQUIRE(reference(t_fixture("model.npz"), img[0], 128, 5, &want[0]) == 0);
+    T_REQUIRE(reference(t_fixture("model.npz"), img[1], 128, 5, &want[1]) == 0);
+    int st;
+    json_decref(classify_file(&s, "tiny", NULL, "image/jpeg", img[0], &st)); /* loaded before the rush */
+    shot c[32];
+    pthread_t th[32];
+    for (int i = 0; i < 32; i++) {
+        c[i] = (shot){&s, "tiny", img[i % 2], 0, NULL};
+        T_REQUIRE(pthread_create(&th[i], NULL, shoot, &c[i]) == 0);
+    }
+    int ok = 0;
+    for (int i = 0; i < 32; i++) {
+        pthread_join(th[i], NULL);
+        ok += c[i].status == 200 && same_predictions(json_object_get(c[i].j, "predictions"), &want[i % 2], 1);
+        json_decref(c[i].j);
+    }
+    T_CHECKF(ok == 32, "%d of 32 answers right", ok);
+    double images = metric(&s, "bit_inference_batch_size_sum"), passes = metric(&s, "bit_inference_batch_size_count");
+    T_CHECKF(images == 33 && passes < images, "%g images in %g passes", images, passes);
+    T_CHECK(server_stop(&s) == 0);
+}
+
+/* ---------------------------------------------------------------- fine-tuned models */
+
+/* A 3-class tensor dataset (.npz) whose classes differ in one colour channel. */
+static const char *tensor_dataset(int n, int classes)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/data-%d-%d.npz", t_tmpdir(), n, classes);
+    int64_t xs[] = {n, 3, 32, 32}, ys[] = {n};
+    eng_tensor *x = eng_tensor_new(ENG_F32, 0, 4, xs), *y = eng_tensor_new(ENG_I64, 0, 1, ys);
+    for (int i = 0; i < n; i++) {
+        ((int64_t *)y->data)[i] = i % classes;
+        for (int k = 0; k < 3 * 1024; k++)
+            ((float *)x->data)[(size_t)i * 3 * 1024 + k] = (float)((k * 7 + i * 13) % 17) / 40.0f - 0.2f +
+                                                           (k / 1024 == i % classes ? 0.5f : 0.0f);
+    }
+    eng_npz *z = eng_npz_new();
+    eng_npz_put(z, "x", x), eng_npz_put(z, "y", y);
+    eng_npz_save(path, z, 0, err, sizeof err);
+    eng_npz_free(z);
+    return path;
+}
+
+/* POSTs a JSON or file body; copies the answer's "id" into id. */
+static int post_id(const server *s, const char *path, const char *hdr, const void *b, size_t len,
+                   char *id, size_t idlen)
+{
+    int st;
+    json_t *j = call(s, "POST", path, hdr, b, len, &st);
+    snprintf(id, idlen, "%s", j && str(j, "id") ? str(j, "id") : "");
+    json_decref(j);
+    return st;
+}
+
+static json_t *wait_job(const server *s, const char *id, const char *want, double seconds)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    for (int i = 0; i < seconds * 20; i++, usleep(50000)) {
+        int st;
+        json_t *j = call(s, "GET", path, NULL, NULL, 0, &st);
+        const char *now = j ? str(j, "status") : NULL;
+        if (now && (!strcmp(now, want) || !strcmp(now, "failed") || !strcmp(now, "succeeded") ||
+                    !strcmp(now, "cancelled")))
+            return j;
+        json_decref(j);
+    }
+    return NULL;
+}
+
+static int start_job(const server *s, const char *ds, const char *base, const char *name,
+                     const char *hp, char *id)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"dataset\": \"%s\", \"base_model\": \"%s\", \"name\": \"%s\", "
+             "\"hyperparameters\": %s}", ds, base, name, hp);
+    return post_id(s, "/v1/jobs", "Content-Type: application/json\r\n", body, strlen(body), id, 64);
+}
+
+static void check_fine_tuned(const server *s, const char *job, char *path, size_t plen)
+{
+    int st;
+    json_t *m = call(s, "GET", "/v1/models/colors", NULL, NULL, 0, &st);
+    T_REQUIRE(st == 200 && m);
+    T_CHECK(!strcmp(str(m, "kind"), "fine-tuned") && str(m, "job") && !strcmp(str(m, "job"), job));
+    T_CHECK(json_integer_value(json_object_get(m, "num_classes")) == 3 &&
+            json_integer_value(json_object_get(m, "resolution")) >= 32 && str(m, "architecture"));
+    snprintf(path, plen, "%s/var/jobs/%s/model.npz", s->dir, job);
+    struct stat sb;
+    T_CHECK(stat(path, &sb) == 0 && json_integer_value(json_object_get(m, "bytes")) == sb.st_size);
+    json_decref(m);
+    json_t *j = classify_file(s, "colors", NULL, "image/png", t_fixture("img_graphic64x48.png"), &st);
+    T_CHECK(st == 200 && json_array_size(json_object_get(j, "predictions")) == 3);
+    json_decref(j);
+    th_resp r;
+    size_t len;
+    void *file = slurp(path, &len);
+    T_REQUIRE(th_request(s->port, "GET", "/v1/models/colors/download", NULL, NULL, 0, &r) == 0);
+    T_CHECK(r.status == 200 && len > 0 && r.body_len == len && !memcmp(r.body, file, len));
+    th_free(&r);
+    free(file);
+}
+
+/* A job makes "colors"; a second job trains on it (and meanwhile classification works and
+ * answers as the engine does); the model cannot go while that job lives, then it can. */
+static void fine_tuned_lifecycle(void)
+{
+    server s;
+    T_REQUIRE(server_start(&s, "finetuned", NULL) == 0);
+    size_t len;
+    char ds[64], job[64], job2[64], path[700], mpath[128];
+    void *data = slurp(tensor_dataset(30, 3), &len);
+    int st = post_id(&s, "/v1/datasets?format=npz", "Content-Type: application/octet-stream\r\n", data, len, ds, sizeof ds);
+    free(data);
+    T_REQUIRE(st == 201);
+    T_REQUIRE(start_job(&s, ds, "tiny", "colors", "{\"steps\": 4, \"batch\": 6}", job) == 201);
+    json_t *j = wait_job(&s, job, "succeeded", 120);
+    T_REQUIRE(j && !strcmp(str(j, "status"), "succeeded"));
+    json_decref(j);
+    check_fine_tuned(&s, job, path, sizeof path);
+    T_REQUIRE(start_job(&s, ds, "colors", "longer", "{\"steps\": 100000, \"batch\": 6}", job2) == 201);
+    j = wait_job(&s, job2, "running", 60);
+    T_REQUIRE(j && !strcmp(str(j, "status"), "running"));
+    json_decref(j);
+    ref r;
+    T_REQUIRE(reference(t_fixture("model.npz"), t_fixture("img_rgb160.jpg"), 128, 5, &r) == 0);
+    for (int i = 0; i < 3; i++) { /* while the job trains */
+        j = classify_file(&s, "tiny", NULL, "image/jpeg", t_fixture("img_rgb160.jpg"), &st);
+        T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &r, 1));
+        json_decref(j);
+    }
+    j = wait_job(&s, job2, "running", 1); /* the classifications above overlapped training */
+    T_CHECK(j && !strcmp(str(j, "status"), "running"));
+    json_decref(j);
+    j = call(&s, "DELETE", "/v1/models/colors", NULL, NULL, 0, &st);
+    T_CHECK(st == 409 && !strcmp(err_code(j), "in_use"));
+    json_decref(j);
+    snprintf(mpath, sizeof mpath, "/v1/jobs/%s/cancel", job2);
+    T_CHECK(status_of(&s, "POST", mpath, NULL, NULL) == 200);
+    json_decref(wait_job(&s, job2, "cancelled", 60));
+    T_CHECK(status_of(&s, "DELETE", "/v1/models/colors", NULL, NULL) == 200);
+    T_CHECK(access(path, F_OK) != 0);
+    T_CHECK(status_of(&s, "GET", "/v1/models/colors", NULL, NULL) == 404);
+    T_CHECK(expect(&s, "/v1/models/colors/classify", "Content-Type: image/jpeg\r\n", "x", 1, 404, NULL));
+    T_CHECK(server_stop(&s) == 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    atexit(kill_live);
+    T_RUN(raw_bodies);
+    T_RUN(multipart_images);
+    T_RUN(error_statuses);
+    T_RUN(queue_full);
+    T_RUN(auth);
+    T_RUN(registry);
+    T_RUN(lru_eviction);
+    T_RUN(concurrent_clients);
+    T_RUN(fine_tuned_lifecycle);
+    return t_done();
+}
