@@ -12,78 +12,18 @@
 #include "storage/store.h"
 #include "t.h"
 #include "thttp.h"
+#include "tserve.h"
 
 static char err[512];
 
-typedef struct server {
-    pid_t pid;
-    int port;
-    char dir[512], log[600];
-} server;
+typedef ts_server server;
 
-/* Servers still running when a case stops early are killed at exit, never left behind. */
-static pid_t live[64];
-static int nlive;
-
-static void kill_live(void)
-{
-    for (int i = 0; i < nlive; i++)
-        if (live[i] > 0) kill(live[i], SIGKILL);
-}
-
-/* Starts `bit serve` on an ephemeral port with its data in dir; extra: more arguments. */
 static int server_start(server *s, const char *dir, const char *const *extra)
 {
-    const char *bin = getenv("BIT_BIN");
-    snprintf(s->dir, sizeof s->dir, "%s", dir);
-    snprintf(s->log, sizeof s->log, "%s/serve.log", dir);
-    char models[600], data[600];
-    snprintf(models, sizeof models, "%s/models", dir);
-    snprintf(data, sizeof data, "%s/var", dir);
-    mkdir(dir, 0755);
-    mkdir(models, 0755);
-    char link[700];
-    snprintf(link, sizeof link, "%s/tiny.npz", models);
-    symlink(t_fixture("model.npz"), link);
-    const char *argv[32] = {bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
-                            "--models-dir", models, "--train-threads", "1", "--http-threads", "4"};
-    int n = 12;
-    for (int i = 0; extra && extra[i]; i++) argv[n++] = extra[i];
-    unlink(s->log); /* so the parent never reads a previous run's port */
-    s->pid = fork();
-    if (s->pid == 0) {
-        /* a fresh log each start: the port is read from its "listening" line */
-        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    if (nlive < 64) live[nlive++] = s->pid;
-    for (int i = 0; i < 200; i++) { /* the port appears in the "listening" log line */
-        usleep(25000);
-        FILE *f = fopen(s->log, "r");
-        char line[1024];
-        s->port = 0;
-        while (f && fgets(line, sizeof line, f)) {
-            char *u = strstr(line, "\"url\":\"http://127.0.0.1:");
-            if (u) s->port = atoi(u + strlen("\"url\":\"http://127.0.0.1:"));
-        }
-        if (f) fclose(f);
-        if (s->port) return 0;
-    }
-    fprintf(stderr, "  server did not start (see %s)\n", s->log);
-    return -1;
+    return ts_start(s, getenv("BIT_BIN"), dir, "tiny", t_fixture("model.npz"), extra);
 }
 
-static int server_stop(server *s, int sig)
-{
-    int st = 0;
-    kill(s->pid, sig);
-    waitpid(s->pid, &st, 0);
-    for (int i = 0; i < nlive; i++)
-        if (live[i] == s->pid) live[i] = 0;
-    return st;
-}
+static int server_stop(server *s, int sig) { return ts_stop(s, sig); }
 
 /* Request returning parsed JSON (NULL if the body is not JSON); status into *status. */
 static json_t *call(const server *s, const char *method, const char *path, const char *hdr,
@@ -463,7 +403,6 @@ static void crash_and_resume(void)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    atexit(kill_live);
     T_RUN(dataset_upload_and_job);
     T_RUN(multipart_job);
     T_RUN(cancel_running_job);
