@@ -1,25 +1,18 @@
-/* The HTTP API under /v1 (datasets, jobs, models and classification) and the operational
- * endpoints, as handlers registered on an srv. An api borrows the store, worker, inference
- * module and strings of its config; responses are JSON built with jansson. */
+/* The HTTP API under /v1 (datasets, jobs, models and classification), the operational
+ * endpoints and the web page, as handlers registered on an srv. Each handler parses its
+ * request, calls one service function and writes the answer; an api borrows its service and
+ * server. */
 #ifndef BIT_API_H
 #define BIT_API_H
 
-#include "arc.h"
-#include "image.h"
-#include "server/infer.h"
-#include "server/srv.h"
-#include "server/worker.h"
-#include "storage/store.h"
+#include <stddef.h>
+
+#include "server/http/srv.h"
+#include "server/svc/svc.h"
 
 typedef struct api_config {
-    store *st;
-    wrk *worker;
-    const char *data_dir, *models_dir;
-    int max_queued;    /* queued jobs before POST /v1/jobs answers 503; default 100 */
-    arc_limits arc;    /* limits of uploaded archives */
-    img_limits img;    /* limits of images in datasets and classify requests */
-    inf *infer;        /* loads and runs the models of classify requests */
-    int base_resolution; /* eval size of base models without a NAME.json; default 128 */
+    svc *service;
+    int ui; /* 1: also the web page, at / and /ui/{file} (bit serve --ui on) */
 } api_config;
 
 typedef struct api api;

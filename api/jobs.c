@@ -1,125 +1,99 @@
-/* /v1/jobs: create (JSON, or multipart with the dataset), list, get, cancel, events,
- * checkpoints, delete. */
-#include <dirent.h>
-#include <math.h>
+/* /v1/jobs: create (JSON, or multipart with the dataset; or only resolve, ?dry_run=true), list,
+ * get, cancel, events (live: api/follow.c), checkpoints, final metrics, delete. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "api/api_int.h"
-#include "api/params.h"
-#include "finetune.h"
+#include "ftjson.h"
+#include "names.h"
 
-static json_t *num_or_null(double v) { return isnan(v) ? json_null() : json_real(v); }
+static const char *const job_fields[] = {"dataset", "base_model", "hyperparameters", "name"};
+#define NJOB_FIELDS (sizeof job_fields / sizeof job_fields[0])
 
-json_t *api_job_json(const api *a, const store_job *j)
+/* 400 for an unknown field of a job request, with what was probably meant: the CLI's name of
+ * a field, a hyper-parameter at the top level, or the nearest name. */
+static int unknown_field(srv_req *req, const char *key)
 {
-    (void)a;
-    json_t *hp = j->resolved_json ? json_loads(j->resolved_json, 0, NULL) : NULL;
-    json_t *req = j->params_json ? json_loads(j->params_json, 0, NULL) : NULL;
-    double frac = j->total_steps > 0 ? (double)j->step / (double)j->total_steps : 0;
-    json_t *eta = json_null();
-    if (j->status == STORE_RUNNING && !isnan(j->images_per_sec) && j->images_per_sec > 0 && hp) {
-        double batch = (double)json_integer_value(json_object_get(hp, "batch"));
-        double left = (double)(j->total_steps - j->step) * batch / j->images_per_sec;
-        eta = api_time(store_now_ms() + (int64_t)(left * 1000));
+    static const char *const cli[][2] = {{"model", "base_model"}, {"data", "dataset"}};
+    char hint[400];
+    for (size_t i = 0; i < sizeof cli / sizeof cli[0]; i++)
+        if (!strcmp(key, cli[i][0]))
+            return srv_error(req, 400, "invalid_parameter", "%s: unknown field; the CLI's --%s is \"%s\" here",
+                             key, key, cli[i][1]);
+    for (size_t i = 0; ft_param_field(i); i++) {
+        const ft_field_doc *f = ft_param_field(i);
+        if (!strcmp(key, f->name) || (f->alias && !strcmp(key, f->alias)))
+            return srv_error(req, 400, "invalid_parameter", "%s: unknown field; it goes inside "
+                             "\"hyperparameters\": {\"%s\": ...}", key, f->name);
     }
-    json_t *err = j->error_code ? json_pack("{s:s, s:s}", "code", j->error_code, "message",
-                                            j->error_message ? j->error_message : "")
-                                : json_null();
-    return json_pack(
-        "{s:s, s:s, s:s, s:s, s:s?, s:o, s:o, s:{s:I, s:I, s:f, s:o, s:o}, "
-        "s:{s:o, s:o, s:o, s:o}, s:s?, s:o, s:o, s:o, s:o}",
-        "id", j->id, "name", j->name ? j->name : j->id, "status", store_status_name(j->status),
-        "base_model", j->base_model ? j->base_model : "", "dataset", j->dataset_id,
-        "hyperparameters", hp ? hp : json_object(), "requested", req ? req : json_object(),
-        "progress", "step", (json_int_t)j->step, "total_steps", (json_int_t)j->total_steps,
-        "fraction", frac, "images_per_sec", num_or_null(j->images_per_sec), "estimated_finish", eta,
-        "metrics", "train_loss", num_or_null(j->train_loss), "val_top1", num_or_null(j->val_top1),
-        "val_top5", num_or_null(j->val_top5), "val_loss", num_or_null(j->val_loss),
-        "model", j->model_id, "error", err, "created_at", api_time(j->created_at), "started_at",
-        api_time(j->started_at), "finished_at", api_time(j->finished_at));
+    return srv_error(req, 400, "invalid_parameter", "%s: unknown field; %s", key,
+                     eng_names_hint(hint, sizeof hint, key, job_fields, NJOB_FIELDS, ""));
 }
 
-/* The HyperRule resolved against the dataset summary stored at upload. */
-static int resolve(const store_dataset *d, const ft_params *p, ft_resolved *r, char *err,
-                   size_t errlen)
+/* The request's shape: known fields of the right types. 0, or -1 after answering 400. */
+static int parse_request(srv_req *req, const json_t *body, svc_job_request *rq)
 {
-    json_t *s = d->summary_json ? json_loads(d->summary_json, 0, NULL) : NULL;
-    json_t *med = json_object_get(s, "median_image_size");
-    ft_data_info info = {
-        .train_images = json_integer_value(json_object_get(json_object_get(json_object_get(s, "splits"), "train"), "total")),
-        .median_w = (int)json_integer_value(json_array_get(med, 0)),
-        .median_h = (int)json_integer_value(json_array_get(med, 1))};
-    if (!strcmp(json_string_value(json_object_get(s, "kind")) ? json_string_value(json_object_get(s, "kind")) : "", "tensors"))
-        info.tensor_w = info.median_w, info.tensor_h = info.median_h;
-    json_decref(s);
-    return ft_resolve(p, &info, r, err, errlen);
-}
-
-/* Validates a job request: dataset, base model, hyper-parameters, name. */
-static int check_request(api *a, srv_req *req, json_t *body, const char *ds_id, ft_resolved *r,
-                         store_dataset **d)
-{
-    char err[1024], path[4200];
     const char *key;
     json_t *v;
-    json_object_foreach(body, key, v) {
-        if (strcmp(key, "dataset") && strcmp(key, "base_model") && strcmp(key, "hyperparameters") && strcmp(key, "name"))
-            return srv_error(req, 400, "invalid_parameter", "%s: unknown field", key), -1;
+    json_object_foreach((json_t *)body, key, v) {
+        int known = 0;
+        for (size_t i = 0; i < NJOB_FIELDS; i++) known |= !strcmp(key, job_fields[i]);
+        if (!known) return unknown_field(req, key), -1;
     }
-    const char *base = json_string_value(json_object_get(body, "base_model"));
-    json_t *name = json_object_get(body, "name");
-    if (!base) return srv_error(req, 400, "invalid_parameter", "base_model: a model name is required"), -1;
-    if (!ds_id) return srv_error(req, 400, "invalid_parameter", "dataset: a dataset id is required"), -1;
+    json_t *ds = json_object_get(body, "dataset"), *base = json_object_get(body, "base_model");
+    json_t *name = json_object_get(body, "name"), *hp = json_object_get(body, "hyperparameters");
+    if (ds && !json_is_string(ds))
+        return srv_error(req, 400, "invalid_parameter", "dataset: must be a dataset's id or name (a string)"), -1;
+    if (base && !json_is_string(base))
+        return srv_error(req, 400, "invalid_parameter", "base_model: a model name is required"), -1;
     if (name && (!json_is_string(name) || json_string_length(name) > 200))
         return srv_error(req, 400, "invalid_parameter", "name: must be a string of at most 200 bytes"), -1;
-    ft_params p;
-    if (api_params_parse(json_object_get(body, "hyperparameters"), &p, err, sizeof err))
-        return srv_error(req, 400, "invalid_parameter", "%s", err), -1;
-    if (wrk_base_path(a->cfg.st, a->cfg.models_dir, base, path, sizeof path, err, sizeof err))
-        return srv_error(req, 422, "invalid_base_model", "base_model: %s", err), -1;
-    if (store_dataset_get(a->cfg.st, ds_id, d, err, sizeof err))
-        return srv_error(req, 422, "invalid_dataset", "dataset: no dataset '%s'", ds_id), -1;
-    if (resolve(*d, &p, r, err, sizeof err))
-        return srv_error(req, 400, "invalid_parameter", "hyperparameters: %s", err), -1;
+    *rq = (svc_job_request){.dataset = json_string_value(ds), .base_model = json_string_value(base),
+                            .name = json_string_value(name) && *json_string_value(name) ? json_string_value(name) : NULL,
+                            .hyperparameters = hp};
     return 0;
 }
 
-/* Creates, resolves and queues a job; answers 201 with it. */
-static int create_job(api *a, srv_req *req, json_t *body, const char *ds_id)
+/* Creates the job, or with ?dry_run=true only resolves what it would run. */
+static int answer_created(api *a, srv_req *req, const svc_job_request *rq, const svc_upload *u,
+                          int dry)
 {
-    char err[1024], id[STORE_ID_MAX];
-    int64_t queued = 0;
-    ft_resolved r;
-    store_dataset *d = NULL;
     store_job *j = NULL;
-    if (check_request(a, req, body, ds_id, &r, &d)) return 0;
-    store_dataset_free(d);
-    if (store_job_count(a->cfg.st, STORE_QUEUED, &queued, err, sizeof err)) return api_fail(req, ENG_EIO, err);
-    if (queued >= a->cfg.max_queued) {
-        srv_set_header(req, "Retry-After", "60");
-        return srv_error(req, 503, "queue_full", "%lld jobs are queued; try again later", (long long)queued);
+    svc_err e;
+    if (dry) {
+        json_t *hp = NULL;
+        if (svc_job_resolve(a->svc, rq, u, &hp, &e)) return api_fail(req, &e);
+        return srv_json(req, 200, json_pack("{s:b, s:o}", "dry_run", 1, "hyperparameters", hp));
     }
-    char *params = json_dumps(json_object_get(body, "hyperparameters") ? json_object_get(body, "hyperparameters")
-                                                                        : json_object(), JSON_COMPACT);
-    json_t *rj = ft_resolved_json(&r);
-    char *resolved = json_dumps(rj, JSON_COMPACT);
-    json_decref(rj);
-    const char *name = json_string_value(json_object_get(body, "name"));
-    int rc = store_id_new("job", id, err, sizeof err);
-    store_job_new nj = {.id = id, .name = name && *name ? name : id, .dataset_id = ds_id,
-                        .base_model = json_string_value(json_object_get(body, "base_model")),
-                        .params_json = params};
-    if (!rc) rc = store_job_create(a->cfg.st, &nj, id, err, sizeof err);
-    if (!rc) rc = store_job_set_resolved(a->cfg.st, id, resolved, r.h.schedule[r.h.nsched - 1], err, sizeof err);
-    if (!rc) rc = store_job_transition(a->cfg.st, id, STORE_VALIDATING, STORE_QUEUED, NULL, NULL, err, sizeof err);
-    free(params), free(resolved);
-    if (!rc) rc = store_job_get(a->cfg.st, id, &j, err, sizeof err);
-    if (rc) return api_fail(req, rc, err);
-    if (a->cfg.worker) wrk_notify(a->cfg.worker);
-    rc = srv_json(req, 201, api_job_json(a, j));
+    if (svc_job_create(a->svc, rq, u, &j, &e)) return api_fail(req, &e);
+    int rc = srv_json(req, 201, api_job_json(j));
     store_job_free(j);
+    return rc;
+}
+
+/* Upload and start in one request: the archive in the upload part ("file", or "dataset" as
+ * before), the job in "params". */
+static int post_job_multipart(api *a, srv_req *req, int dry)
+{
+    const srv_part *f = api_upload_part(req), *p = srv_part_get(req, "params");
+    if (!f)
+        return srv_error(req, 400, "invalid_parameter", "file: an upload part is required "
+                         "(curl -F file=@pets.tgz -F 'params={...}'); for a stored dataset send JSON");
+    json_error_t je;
+    json_t *body = p && p->data ? json_loads(p->data, 0, &je) : json_object();
+    svc_job_request rq;
+    int rc = 0;
+    if (!json_is_object(body)) {
+        rc = srv_error(req, 400, "invalid_json", "params: not a JSON object");
+    } else if (json_object_get(body, "dataset")) {
+        rc = srv_error(req, 400, "invalid_parameter", "params.dataset: the upload is the dataset; leave it out");
+    } else if (!parse_request(req, body, &rq)) {
+        svc_upload u = {.path = f->path, .name = f->filename, .bytes = srv_body_size(req),
+                        .npz = api_upload_is_npz(f->content_type, f->filename, NULL)};
+        srv_take_file(req, f->path);
+        rc = answer_created(a, req, &rq, &u, dry);
+    }
+    json_decref(body);
     return rc;
 }
 
@@ -128,43 +102,23 @@ static int post_job(srv_req *req, void *ud)
     api *a = ud;
     json_t *body = NULL;
     char err[512];
-    if (srv_body_kind(req) == SRV_MULTIPART) { /* upload and start in one request */
-        const srv_part *f = srv_part_get(req, "dataset"), *p = srv_part_get(req, "params");
-        if (!f || !f->path) return srv_error(req, 400, "invalid_parameter", "dataset: a file field is required");
-        json_error_t je;
-        body = p && p->data ? json_loads(p->data, 0, &je) : json_object();
-        if (!json_is_object(body)) {
-            json_decref(body);
-            return srv_error(req, 400, "invalid_json", "params: not a JSON object");
-        }
-        char id[STORE_ID_MAX];
-        int status;
-        size_t n = f->filename ? strlen(f->filename) : 0;
-        int npz = n > 4 && !strcmp(f->filename + n - 4, ".npz");
-        json_t *base_ok = json_object_get(body, "base_model");
-        if (!json_is_string(base_ok)) {
-            json_decref(body);
-            return srv_error(req, 400, "invalid_parameter", "base_model: a model name is required");
-        }
-        if (api_dataset_import(a, req, f->path, npz, f->filename, id, &status, err, sizeof err)) {
-            json_decref(body);
-            return srv_error(req, status, status == 422 ? "invalid_dataset" : status == 413 ? "too_large" : "internal", "%s", err);
-        }
-        int rc = create_job(a, req, body, id);
-        json_decref(body);
-        return rc;
-    }
+    svc_job_request rq;
+    int dry = 0;
+    if (api_query_bool(req, "dry_run", &dry)) return 0;
+    if (srv_body_kind(req) == SRV_MULTIPART) return post_job_multipart(a, req, dry);
     if (srv_body_json(req, &body, err, sizeof err) || !json_is_object(body)) {
         json_decref(body);
         return srv_error(req, 400, "invalid_json", "the body must be a JSON object: %s", err);
     }
-    json_t *ds = json_object_get(body, "dataset");
-    if (ds && !json_is_string(ds)) {
-        json_decref(body);
-        return srv_error(req, 400, "invalid_parameter", "dataset: must be a dataset id string");
-    }
-    int rc = create_job(a, req, body, json_string_value(ds));
+    int rc = parse_request(req, body, &rq) ? 0 : answer_created(a, req, &rq, NULL, dry);
     json_decref(body);
+    return rc;
+}
+
+static int answer_job(srv_req *req, store_job *j)
+{
+    int rc = srv_json(req, 200, api_job_json(j));
+    store_job_free(j);
     return rc;
 }
 
@@ -172,36 +126,22 @@ static int get_job(srv_req *req, void *ud)
 {
     api *a = ud;
     store_job *j = NULL;
-    char err[512];
-    int rc = store_job_get(a->cfg.st, srv_param(req, "id"), &j, err, sizeof err);
-    if (rc) return api_fail(req, rc, err);
-    rc = srv_json(req, 200, api_job_json(a, j));
-    store_job_free(j);
-    return rc;
+    svc_err e;
+    if (svc_job_get(a->svc, srv_param(req, "id"), &j, &e)) return api_fail(req, &e);
+    return answer_job(req, j);
 }
 
 static int list_jobs(srv_req *req, void *ud)
 {
     api *a = ud;
     long limit;
-    const char *st = srv_query(req, "status"), *after = srv_query(req, "after");
-    int status = st ? store_status_parse(st) : STORE_ANY;
-    if (st && status < 0) return srv_error(req, 400, "invalid_parameter", "status: unknown status '%s'", st);
-    if (api_query_int(req, "limit", 1, STORE_LIST_MAX, 50, &limit)) return 0;
-    char err[512];
-    int64_t seq = 0;
-    if (after) {
-        store_job *j = NULL;
-        if (store_job_get(a->cfg.st, after, &j, err, sizeof err))
-            return srv_error(req, 400, "invalid_parameter", "after: no job '%s'", after);
-        seq = j->seq;
-        store_job_free(j);
-    }
     store_jobs l = {0};
-    int rc = store_job_list(a->cfg.st, (store_status)status, seq, (int)limit, &l, err, sizeof err);
-    if (rc) return api_fail(req, rc, err);
+    svc_err e;
+    if (api_query_int(req, "limit", 1, STORE_LIST_MAX, 50, &limit)) return 0;
+    if (svc_job_list(a->svc, srv_query(req, "status"), srv_query(req, "after"), (int)limit, &l, &e))
+        return api_fail(req, &e);
     json_t *arr = json_array();
-    for (size_t i = 0; i < l.n; i++) json_array_append_new(arr, api_job_json(a, &l.v[i]));
+    for (size_t i = 0; i < l.n; i++) json_array_append_new(arr, api_job_json(&l.v[i]));
     json_t *next = l.more && l.n ? json_string(l.v[l.n - 1].id) : json_null();
     store_jobs_free(&l);
     return srv_json(req, 200, json_pack("{s:o, s:o}", "jobs", arr, "next_after", next));
@@ -210,43 +150,30 @@ static int list_jobs(srv_req *req, void *ud)
 static int cancel_job(srv_req *req, void *ud)
 {
     api *a = ud;
-    char err[512];
-    store_status now;
-    int rc = store_job_request_cancel(a->cfg.st, srv_param(req, "id"), &now, err, sizeof err);
-    if (rc) return api_fail(req, rc, rc == STORE_ECONFLICT ? "the job has already finished" : err);
-    return get_job(req, ud);
+    store_job *j = NULL;
+    svc_err e;
+    if (svc_job_cancel(a->svc, srv_param(req, "id"), &j, &e)) return api_fail(req, &e);
+    return answer_job(req, j);
 }
 
+/* A page of events as JSON; with follow=true (or Accept: text/event-stream) a live stream
+ * (api/follow.c). */
 static int job_events(srv_req *req, void *ud)
 {
     api *a = ud;
     long after, limit;
-    char err[512];
-    const char *id = srv_param(req, "id");
-    store_job *j = NULL;
-    int rc = store_job_get(a->cfg.st, id, &j, err, sizeof err);
-    store_job_free(j);
-    if (rc) return api_fail(req, rc, err);
+    store_events l = {0};
+    svc_err e;
+    int follow = api_wants_stream(req);
+    if (follow < 0) return 0;
+    if (follow) return api_follow_events(a, req);
     if (api_query_int(req, "after", 0, INT64_MAX / 2, 0, &after) ||
         api_query_int(req, "limit", 1, STORE_LIST_MAX, 100, &limit))
         return 0;
-    store_events l = {0};
-    if ((rc = store_event_list(a->cfg.st, id, after, (int)limit, &l, err, sizeof err)))
-        return api_fail(req, rc, err);
+    if (svc_job_events(a->svc, srv_param(req, "id"), after, (int)limit, &l, &e))
+        return api_fail(req, &e);
     json_t *arr = json_array();
-    for (size_t i = 0; i < l.n; i++) {
-        const store_event *e = &l.v[i];
-        json_t *o = e->data_json ? json_loads(e->data_json, 0, NULL) : NULL;
-        if (!json_is_object(o)) {
-            json_decref(o);
-            o = json_object();
-        }
-        json_object_set_new(o, "seq", json_integer(e->seq));
-        json_object_set_new(o, "time", api_time(e->time));
-        json_object_set_new(o, "type", json_string(e->type));
-        json_object_set_new(o, "step", e->step >= 0 ? json_integer(e->step) : json_null());
-        json_array_append_new(arr, o);
-    }
+    for (size_t i = 0; i < l.n; i++) json_array_append_new(arr, api_event_json(&l.v[i]));
     int more = l.more;
     store_events_free(&l);
     return srv_json(req, 200, json_pack("{s:o, s:b}", "events", arr, "more", more));
@@ -255,53 +182,45 @@ static int job_events(srv_req *req, void *ud)
 static int job_checkpoints(srv_req *req, void *ud)
 {
     api *a = ud;
-    char err[512], dir[4200], ck[4300];
-    const char *id = srv_param(req, "id");
-    store_job *j = NULL;
-    int rc = store_job_get(a->cfg.st, id, &j, err, sizeof err);
-    store_job_free(j);
-    if (rc) return api_fail(req, rc, err);
+    ft_checkpoint *c = NULL;
+    size_t n = 0;
+    svc_err e;
+    if (svc_job_checkpoints(a->svc, srv_param(req, "id"), &c, &n, &e)) return api_fail(req, &e);
     json_t *arr = json_array();
-    if (!wrk_job_dir(a->cfg.data_dir, id, dir, sizeof dir) && !eng_path_join(ck, sizeof ck, dir, "checkpoints")) {
-        DIR *dh = opendir(ck);
-        struct dirent *e;
-        while (dh && (e = readdir(dh))) {
-            char f[4500];
-            struct stat sb;
-            if (strncmp(e->d_name, "step-", 5) || snprintf(f, sizeof f, "%s/%s/model.npz", ck, e->d_name) >= (int)sizeof f ||
-                stat(f, &sb))
-                continue;
-            json_array_append_new(arr, json_pack("{s:I, s:I, s:o}", "step", (json_int_t)atoll(e->d_name + 5),
-                                                 "bytes", (json_int_t)sb.st_size, "created_at",
-                                                 api_time((int64_t)sb.st_mtime * 1000)));
-        }
-        if (dh) closedir(dh);
-    }
+    for (size_t i = 0; i < n; i++) json_array_append_new(arr, api_checkpoint_json(&c[i]));
+    free(c);
     return srv_json(req, 200, json_pack("{s:o}", "checkpoints", arr));
+}
+
+static int job_metrics(srv_req *req, void *ud)
+{
+    api *a = ud;
+    json_t *m = NULL;
+    svc_err e;
+    if (svc_job_metrics(a->svc, srv_param(req, "id"), &m, &e)) return api_fail(req, &e);
+    return srv_json(req, 200, m);
 }
 
 static int delete_job(srv_req *req, void *ud)
 {
     api *a = ud;
-    char err[512], dir[4200];
+    svc_err e;
     const char *id = srv_param(req, "id");
-    int rc = store_job_delete(a->cfg.st, id, err, sizeof err);
-    if (rc) return api_fail(req, rc, rc == STORE_EINUSE ? "the job is still queued or running: cancel it first" : err);
-    if (!wrk_job_dir(a->cfg.data_dir, id, dir, sizeof dir)) {
-        /* a fine-tuned model registered from this job keeps its files: only checkpoints go */
-        char ck[4300];
-        if (!eng_path_join(ck, sizeof ck, dir, "checkpoints")) arc_remove_tree(ck, err, sizeof err);
-    }
+    if (svc_job_delete(a->svc, id, &e)) return api_fail(req, &e);
     return srv_json(req, 200, json_pack("{s:s, s:b}", "id", id, "deleted", 1));
 }
 
 int api_routes_jobs(api *a, srv *s)
 {
-    return srv_route(s, "POST", "/v1/jobs", post_job, a, SRV_BODY_AUTO) ||
-           srv_route(s, "GET", "/v1/jobs", list_jobs, a, SRV_BODY_NONE) ||
-           srv_route(s, "GET", "/v1/jobs/{id}", get_job, a, SRV_BODY_NONE) ||
-           srv_route(s, "DELETE", "/v1/jobs/{id}", delete_job, a, SRV_BODY_NONE) ||
-           srv_route(s, "POST", "/v1/jobs/{id}/cancel", cancel_job, a, SRV_BODY_NONE) ||
-           srv_route(s, "GET", "/v1/jobs/{id}/events", job_events, a, SRV_BODY_NONE) ||
-           srv_route(s, "GET", "/v1/jobs/{id}/checkpoints", job_checkpoints, a, SRV_BODY_NONE);
+    static const char *const list_q[] = {"status", "limit", "after", NULL};
+    static const char *const events_q[] = {"after", "limit", "follow", NULL};
+    static const char *const create_q[] = {"dry_run", NULL};
+    return api_route(a, s, "POST", "/v1/jobs", post_job, SRV_BODY_AUTO, create_q) ||
+           api_route(a, s, "GET", "/v1/jobs", list_jobs, SRV_BODY_NONE, list_q) ||
+           api_route(a, s, "GET", "/v1/jobs/{id}", get_job, SRV_BODY_NONE, NULL) ||
+           api_route(a, s, "DELETE", "/v1/jobs/{id}", delete_job, SRV_BODY_NONE, NULL) ||
+           api_route(a, s, "POST", "/v1/jobs/{id}/cancel", cancel_job, SRV_BODY_NONE, NULL) ||
+           api_route(a, s, "GET", "/v1/jobs/{id}/events", job_events, SRV_BODY_NONE, events_q) ||
+           api_route(a, s, "GET", "/v1/jobs/{id}/checkpoints", job_checkpoints, SRV_BODY_NONE, NULL) ||
+           api_route(a, s, "GET", "/v1/jobs/{id}/metrics", job_metrics, SRV_BODY_NONE, NULL);
 }

@@ -44,13 +44,6 @@ typedef struct load {
     long errors;
 } load;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 /* One request on a fresh connection; the HTTP status, or -1. */
 static int one(const cfg *c, const char *req, size_t len)
 {
@@ -78,8 +71,8 @@ done:
 static void *client(void *ud)
 {
     load *l = ud;
-    while (now_ms() < l->until) {
-        double t0 = now_ms();
+    while (eng_now_ms() < l->until) {
+        double t0 = eng_now_ms();
         int st = one(l->c, l->req, l->req_len);
         if (st != 200) {
             l->errors++;
@@ -89,7 +82,7 @@ static void *client(void *ud)
             l->cap = l->cap ? 2 * l->cap : 1024;
             l->lat = realloc(l->lat, l->cap * sizeof *l->lat);
         }
-        l->lat[l->nlat++] = now_ms() - t0;
+        l->lat[l->nlat++] = eng_now_ms() - t0;
     }
     return NULL;
 }
@@ -105,7 +98,7 @@ static void run_level(const cfg *c, const char *req, size_t len, int n)
 {
     load *l = calloc((size_t)n, sizeof *l);
     pthread_t *th = calloc((size_t)n, sizeof *th);
-    double t0 = now_ms();
+    double t0 = eng_now_ms();
     for (int i = 0; i < n; i++) {
         l[i] = (load){.c = c, .req = req, .req_len = len, .until = t0 + c->seconds * 1e3};
         pthread_create(&th[i], NULL, client, &l[i]);
@@ -113,7 +106,7 @@ static void run_level(const cfg *c, const char *req, size_t len, int n)
     size_t total = 0;
     long errors = 0;
     for (int i = 0; i < n; i++) pthread_join(th[i], NULL), total += l[i].nlat, errors += l[i].errors;
-    double secs = (now_ms() - t0) / 1e3, *all = malloc((total ? total : 1) * sizeof *all);
+    double secs = (eng_now_ms() - t0) / 1e3, *all = malloc((total ? total : 1) * sizeof *all);
     for (int i = 0, o = 0; i < n; i++) {
         memcpy(all + o, l[i].lat, l[i].nlat * sizeof *all);
         o += (int)l[i].nlat;

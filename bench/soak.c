@@ -42,13 +42,6 @@ typedef struct soak {
     atomic_int stop;
 } soak;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void record(soak *s, int ep, double ms, int status, int expected)
 {
     stats *st = &s->st;
@@ -68,10 +61,10 @@ static json_t *req(soak *s, int ep, int expected, const char *method, const char
                    const char *hdr, const void *body, size_t len, int *status)
 {
     th_resp r;
-    double t0 = now_s();
+    double t0 = (eng_now_ms() / 1e3);
     int rc = th_request(s->port, method, path, hdr, body, len, &r);
     *status = rc ? -1 : r.status;
-    record(s, ep, (now_s() - t0) * 1e3, *status, expected);
+    record(s, ep, ((eng_now_ms() / 1e3) - t0) * 1e3, *status, expected);
     json_t *j = rc ? NULL : json_loads(r.body, 0, NULL);
     if (!rc) th_free(&r);
     return j;
@@ -81,7 +74,7 @@ static void *classify_client(void *ud)
 {
     soak *s = ud;
     int st;
-    while (!s->stop && now_s() < s->until) {
+    while (!s->stop && (eng_now_ms() / 1e3) < s->until) {
         json_t *j = req(s, EP_CLASSIFY, 200, "POST", "/v1/models/tiny/classify?top_k=3",
                         "Content-Type: image/jpeg\r\n", s->img, s->img_len, &st);
         json_decref(j);
@@ -93,7 +86,7 @@ static void *uploader(void *ud)
 {
     soak *s = ud;
     int st;
-    while (!s->stop && now_s() < s->until) {
+    while (!s->stop && (eng_now_ms() / 1e3) < s->until) {
         json_t *j = req(s, EP_UPLOAD, 201, "POST", "/v1/datasets?format=npz",
                         "Content-Type: application/octet-stream\r\n", s->ds, s->ds_len, &st);
         const char *id = json_string_value(json_object_get(j, "id"));
@@ -134,7 +127,7 @@ static void *job_client(void *ud)
     int st;
     snprintf(body, sizeof body, "{\"dataset\": \"%s\", \"base_model\": \"tiny\", "
                                 "\"hyperparameters\": {\"steps\": 20, \"batch\": 6}}", job_dataset);
-    for (long k = 0; !s->stop && now_s() < s->until; k++) {
+    for (long k = 0; !s->stop && (eng_now_ms() / 1e3) < s->until; k++) {
         json_t *j = req(s, EP_JOB, 201, "POST", "/v1/jobs", "Content-Type: application/json\r\n",
                         body, strlen(body), &st);
         char id[64] = "";
@@ -146,9 +139,9 @@ static void *job_client(void *ud)
             usleep(300000);
             snprintf(p, sizeof p, "/v1/jobs/%s/cancel", id);
             th_resp r;
-            double t0 = now_s();
+            double t0 = (eng_now_ms() / 1e3);
             int rc = th_request(s->port, "POST", p, NULL, NULL, 0, &r);
-            record(s, EP_CANCEL, (now_s() - t0) * 1e3, rc ? -1 : r.status, rc || (r.status != 200 && r.status != 409) ? 200 : r.status);
+            record(s, EP_CANCEL, ((eng_now_ms() / 1e3) - t0) * 1e3, rc ? -1 : r.status, rc || (r.status != 200 && r.status != 409) ? 200 : r.status);
             if (!rc) th_free(&r);
         }
         j = poll_until_done(s, id);
@@ -175,7 +168,7 @@ typedef struct sample {
 
 static sample take_sample(pid_t pid, double t0)
 {
-    sample sm = {now_s() - t0, -1, 0};
+    sample sm = {(eng_now_ms() / 1e3) - t0, -1, 0};
     char p[64], line[256];
     snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
     FILE *f = fopen(p, "r");
@@ -310,7 +303,7 @@ int main(int argc, char **argv)
                     "Content-Type: application/octet-stream\r\n", s.ds, s.ds_len, &st);
     job_dataset = strdup(json_string_value(json_object_get(d, "id")) ? json_string_value(json_object_get(d, "id")) : "none");
     json_decref(d);
-    double t0 = now_s();
+    double t0 = (eng_now_ms() / 1e3);
     s.until = t0 + seconds;
     pthread_t th[70];
     int nth = 0;
@@ -319,7 +312,7 @@ int main(int argc, char **argv)
     pthread_create(&th[nth++], NULL, job_client, &s);
     int cap = (int)(seconds / sample_s) + 8, n = 0;
     sample *sm = calloc((size_t)cap, sizeof *sm);
-    while (now_s() < s.until && n < cap) {
+    while ((eng_now_ms() / 1e3) < s.until && n < cap) {
         sm[n++] = take_sample(srv.pid, t0);
         if (sm[n - 1].rss_kb < 0) break; /* the server died */
         usleep((useconds_t)(sample_s * 1e6));

@@ -11,7 +11,8 @@
 # gives (--no-check: any readable checkpoint); until then it is DIR/NAME.npz.part and the
 # next run resumes it. BIT_WEIGHTS_BASE_URL replaces https://storage.googleapis.com/bit_models
 # (a mirror; file:// works); BIT_BIN names the bit binary (default: bit on PATH, else the
-# one built beside this script).
+# clone's build/bit or bit beside this script's directory). A failure says whether the network
+# is missing (no DNS, no route: what to do offline) or a download was cut off (run again).
 #
 # Sources: google-research/big_transfer README (BiT-S/BiT-M NAME.npz, the -ILSVRC2012
 # fine-tuned BiT-M models, and distill/ for the distilled R50x1 models and their
@@ -85,16 +86,40 @@ field() { # field NAME COLUMN: a column of NAME's row; fails when NAME is not in
 json_str() { sed -n "s/^ *\"$1\": \"\\(.*\\)\",*\$/\\1/p"; }
 json_num() { sed -n "s/^ *\"$1\": \\([0-9]*\\),*\$/\\1/p"; }
 
+# bit on PATH (BIT_BIN first), else the build in the clone this script belongs to: build/
+# (the README's out-of-tree build) or the source directory itself (an in-tree build).
 find_bit() {
+  here=$(cd "$(dirname "$0")" && pwd)
   if [ -n "${BIT_BIN:-}" ]; then
     echo "$BIT_BIN"
   elif command -v bit >/dev/null 2>&1; then
     command -v bit
-  elif [ -x "$(dirname "$0")/../bit" ]; then
-    echo "$(dirname "$0")/../bit"
   else
+    for b in "$here/../build/bit" "$here/../bit"; do
+      [ -x "$b" ] && { echo "$b"; return 0; }
+    done
     return 1
   fi
+}
+
+size_of() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# why CURL_EXIT URL BEFORE AFTER: what went wrong, for people; offline causes say what to do.
+why() {
+  offline="without a network, copy $name.npz from a machine that has it into $dir (README: Offline), or set BIT_WEIGHTS_BASE_URL to a mirror (file:// works)"
+  case "$1" in
+    5 | 6) echo "cannot resolve the host of $2: no network or no DNS here; $offline" ;;
+    7) echo "cannot connect to the host of $2 (or to the proxy): no network, or it is blocked; $offline" ;;
+    28) if [ "$4" -gt "$3" ]; then
+          echo "the download stalled at $4 bytes; run again to resume"
+        else
+          echo "timed out connecting to $2: no network, or it is blocked; $offline"
+        fi ;;
+    18 | 16 | 52 | 55 | 56 | 92) echo "the download was interrupted at $4 bytes; run again to resume from there" ;;
+    22) echo "the server refused $2 (an HTTP error: a wrong BIT_WEIGHTS_BASE_URL?)" ;;
+    37) echo "cannot read $2" ;;
+    *) echo "the download from $2 failed (curl exit $1); run again to resume" ;;
+  esac
 }
 
 # download URL FILE: curl, resuming FILE when it holds a partial download.
@@ -126,8 +151,10 @@ fetch_one() { # NAME: 0 when DIR/NAME.npz is in place and checked
     else
       echo "$name: downloading $url"
     fi
+    before=$(size_of "$part")
     if ! download "$url" "$part"; then
-      echo "$me: $name: the download from $url failed (curl exit $rc); run again to resume" >&2
+      echo "$me: $name: $(why "$rc" "$url" "$before" "$(size_of "$part")")" >&2
+      [ -s "$part" ] || rm -f "$part"
       return 1
     fi
     file=$part
@@ -175,7 +202,7 @@ for n in $names; do
   field "$n" 1 >/dev/null || die "unknown model '$n' (--list shows the names)" 2
 done
 command -v curl >/dev/null 2>&1 || die "curl is needed (Debian: apt-get install curl)"
-bit=$(find_bit) || die "the bit binary is not on PATH: set BIT_BIN"
+bit=$(find_bit) || die "no bit binary: not on PATH, not in $(cd "$(dirname "$0")/.." && pwd)/build nor beside it; build it (README: command 1) or set BIT_BIN"
 mkdir -p "$dir" || die "cannot create the models directory $dir"
 
 failed=0

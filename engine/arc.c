@@ -192,7 +192,7 @@ static int dir_error(ext *x, const char *comp, size_t n)
         return eng_errf(x->err, x->errlen, ENG_EFORMAT,
                         "entry '%s': '%.*s' is not a directory (an earlier entry made it a file)",
                         x->shown, (int)n, comp);
-    return eng_errf(x->err, x->errlen, ENG_EIO, "entry '%s': cannot create directory '%.*s': %s",
+    return eng_errf(x->err, x->errlen, eng_errno_code(errno), "entry '%s': cannot create directory '%.*s': %s",
                     x->shown, (int)n, comp, strerror(errno));
 }
 
@@ -264,7 +264,7 @@ static int copy_data(ext *x, int fd, uint64_t *written)
                             x->lim.max_total_bytes, x->shown);
         x->rep->unpacked += (uint64_t)n;
         if (fd >= 0 && write_all(fd, x->buf, (size_t)n) != 0)
-            return eng_errf(x->err, x->errlen, ENG_EIO, "entry '%s': write failed: %s",
+            return eng_errf(x->err, x->errlen, eng_errno_code(errno), "entry '%s': write failed: %s",
                             x->shown, strerror(errno));
     }
     *written = n_entry;
@@ -283,12 +283,12 @@ static int write_file(ext *x)
         return eng_errf(x->err, x->errlen, ENG_EFORMAT, "entry '%s': duplicate name (a file or "
                         "directory of that name exists)", x->shown);
     if (fd < 0)
-        return eng_errf(x->err, x->errlen, ENG_EIO, "entry '%s': cannot create: %s", x->shown,
+        return eng_errf(x->err, x->errlen, eng_errno_code(errno), "entry '%s': cannot create: %s", x->shown,
                         strerror(errno));
     uint64_t n = 0;
     rc = copy_data(x, fd, &n);
     if (close(fd) != 0 && !rc)
-        rc = eng_errf(x->err, x->errlen, ENG_EIO, "entry '%s': close failed: %s", x->shown,
+        rc = eng_errf(x->err, x->errlen, eng_errno_code(errno), "entry '%s': close failed: %s", x->shown,
                       strerror(errno));
     if (rc) return rc;
     x->rep->files++;

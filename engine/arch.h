@@ -39,6 +39,10 @@ int eng_arch_by_name(const char *name, int head, eng_arch *a, char *err, size_t 
  * an error names the key and the expected shape. */
 int eng_arch_from_npz(const eng_npz *z, eng_arch *a, char *err, size_t errlen);
 int eng_arch_check(const eng_npz *z, const eng_arch *a, char *err, size_t errlen);
+/* The architecture of a checkpoint file from its zip directory and .npy headers alone (no
+ * weights read), every array's shape checked as eng_arch_from_npz does: cheap enough for
+ * listings and readiness probes. A missing file is ENG_ENOTFOUND; messages name the file. */
+int eng_arch_probe(const char *path, eng_arch *a, char *err, size_t errlen);
 
 /* Output size of a convolution or pooling: floor((n + 2p - k) / s) + 1. */
 static inline int eng_out_size(int n, int k, int s, int p) { return (n + 2 * p - k) / s + 1; }
@@ -46,6 +50,12 @@ static inline int eng_out_size(int n, int k, int s, int p) { return (n + 2 * p -
 void eng_arch_spatial(int h, int w, int hw_out[5][2]);
 /* Multiply-adds times two of one forward pass of one image at h x w. */
 double eng_arch_flops(const eng_arch *a, int h, int w);
+
+/* Bytes one trainer needs for micro-batches of n images at h x w: parameters, momentum,
+ * gradients and their standardised and packed copies, plus every activation training keeps
+ * for backward. An upper estimate (calibrated against measured peak RSS) used to refuse or
+ * split a job before it runs out of memory. */
+uint64_t eng_arch_train_bytes(const eng_arch *a, int n, int h, int w);
 
 /* A fresh checkpoint: He-normal kernels, GN gamma 1 / beta 0, head zero or random. */
 int eng_arch_init(const eng_arch *a, uint64_t seed, int random_head, eng_npz **out,

@@ -45,6 +45,7 @@ int eng_mul_size(size_t a, size_t b, size_t *out)
 #include <fcntl.h>
 #include <libgen.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 int eng_file_read(const char *path, size_t max_bytes, void **buf, size_t *len,
@@ -92,7 +93,7 @@ int eng_file_begin(const char *path, char *tmp, size_t tmplen, char *err, size_t
     if ((size_t)snprintf(tmp, tmplen, "%s.tmp.%ld", path, (long)getpid()) >= tmplen)
         return eng_errf(err, errlen, ENG_EINVAL, "%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return eng_errf(err, errlen, ENG_EIO, "%s: %s", tmp, strerror(errno));
+    if (fd < 0) return eng_errf(err, errlen, eng_errno_code(errno), "%s: %s", tmp, strerror(errno));
     return fd;
 }
 
@@ -113,12 +114,12 @@ int eng_file_commit(int fd, const char *tmp, const char *path, char *err, size_t
         int e = errno;
         close(fd);
         unlink(tmp);
-        return eng_errf(err, errlen, ENG_EIO, "%s: fsync: %s", tmp, strerror(e));
+        return eng_errf(err, errlen, eng_errno_code(e), "%s: fsync: %s", tmp, strerror(e));
     }
     if (close(fd) != 0 || rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);
-        return eng_errf(err, errlen, ENG_EIO, "%s: %s", path, strerror(e));
+        return eng_errf(err, errlen, eng_errno_code(e), "%s: %s", path, strerror(e));
     }
     sync_parent_dir(path);
     return 0;
@@ -138,7 +139,7 @@ int eng_file_write_atomic(const char *path, const void *buf, size_t len,
             int e = errno;
             close(fd);
             unlink(tmp);
-            return eng_errf(err, errlen, ENG_EIO, "%s: write: %s", tmp, strerror(e));
+            return eng_errf(err, errlen, eng_errno_code(e), "%s: write: %s", tmp, strerror(e));
         }
         p += w;
         len -= (size_t)w;
@@ -155,3 +156,12 @@ int eng_path_join(char *buf, size_t len, const char *dir, const char *name)
     }
     return 0;
 }
+
+double eng_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+int eng_errno_code(int e) { return e == ENOSPC || e == EDQUOT ? ENG_ENOSPC : ENG_EIO; }

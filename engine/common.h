@@ -17,7 +17,11 @@ enum {
     ENG_ELIMIT = -6,       /* over a configured size, count or pixel limit */
     ENG_EUNSUPPORTED = -7, /* valid, but not something bitd handles */
     ENG_ENOTFOUND = -8,
+    ENG_ENOSPC = -9,       /* the disk (or quota) is full: the same request may work later */
 };
+
+/* ENG_ENOSPC for a full disk or quota (ENOSPC, EDQUOT), else ENG_EIO: for failed writes. */
+int eng_errno_code(int e);
 
 /* Formats the message into err (if non-NULL) and returns code, so that error paths read
  * `return eng_errf(err, errlen, ENG_EFORMAT, "...", ...)`. */
@@ -28,6 +32,10 @@ int eng_errf(char *err, size_t errlen, int code, const char *fmt, ...)
 void *eng_alloc(size_t bytes);
 void *eng_calloc(size_t bytes);
 void eng_free(void *p);
+
+/* The one monotonic clock (milliseconds since an arbitrary start): durations, deadlines,
+ * throughput. Wall-clock times for people come from store_now_ms. */
+double eng_now_ms(void);
 
 /* Checked size arithmetic: returns 0 and sets *out, or -1 on overflow. */
 int eng_mul_size(size_t a, size_t b, size_t *out);

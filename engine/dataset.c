@@ -726,9 +726,23 @@ static int unique_classes(const ds_dataset *d, char *err, size_t errlen)
     return rc;
 }
 
-static int open_tensors(ds_dataset *d, const char *path, char *err, size_t errlen)
+/* The arrays' declared sizes are checked against the limit from their headers before any is
+ * read, and reading never goes past what they declared: a small deflated upload cannot make
+ * the server hold more than max_bytes. */
+static int load_tensors(ds_dataset *d, const char *path, uint64_t max_bytes, char *err,
+                        size_t errlen)
 {
-    int nlab = 0, rc = eng_npz_load(path, NULL, &d->z, err, errlen);
+    eng_npz *h = NULL;
+    eng_npz_limits lim = {.max_entries = 64, .max_total_bytes = max_bytes};
+    int rc = eng_npz_load_headers(path, &lim, &h, err, errlen);
+    eng_npz_free(h);
+    return rc ? rc : eng_npz_load(path, &lim, &d->z, err, errlen);
+}
+
+static int open_tensors(ds_dataset *d, const char *path, uint64_t max_bytes, char *err,
+                        size_t errlen)
+{
+    int nlab = 0, rc = load_tensors(d, path, max_bytes, err, errlen);
     if (rc) return rc;
     d->tensor = 1;
     if ((rc = tensor_pair(d, "x", "y", DS_TRAIN, &nlab, err, errlen)) ||
@@ -790,7 +804,12 @@ static int open_any(ds_dataset *d, const char *path, const ds_opts *o, int *unpa
     if (S_ISDIR(st.st_mode)) return open_images(d, path, err, errlen);
     if (!S_ISREG(st.st_mode))
         return eng_errf(err, errlen, ENG_EINVAL, "%s: neither a directory nor a file", path);
-    if (ends_with(path, ".npz")) return open_tensors(d, path, err, errlen);
+    if (ends_with(path, ".npz")) { /* tensors count against the limit of unpacked archives */
+        arc_limits lim;
+        arc_limits_default(&lim);
+        return open_tensors(d, path, o->arc.max_total_bytes ? o->arc.max_total_bytes : lim.max_total_bytes,
+                            err, errlen);
+    }
     if ((rc = unpack(d, path, o, dir, sizeof dir, err, errlen))) return rc;
     *unpacked = o->unpack_dir != NULL;
     return open_images(d, dir, err, errlen);

@@ -18,7 +18,7 @@ dnnl_memory_t eng_dnn_mem(eng_dnn_pool *p, dnnl_engine_t eng, const dnnl_memory_
     return mem;
 }
 
-float *eng_dnn_buf(eng_dnn_pool *p, size_t bytes)
+void *eng_dnn_raw(eng_dnn_pool *p, size_t bytes)
 {
     if (p->nbufs == p->capbufs) {
         int cap = p->capbufs ? 2 * p->capbufs : 16;
@@ -26,8 +26,15 @@ float *eng_dnn_buf(eng_dnn_pool *p, size_t bytes)
         if (!o) return NULL;
         p->bufs = o, p->capbufs = cap;
     }
-    float *b = eng_calloc(bytes ? bytes : 64);
+    float *b = eng_alloc(bytes ? bytes : 64);
     if (b) p->bufs[p->nbufs++] = b;
+    return b;
+}
+
+void *eng_dnn_buf(eng_dnn_pool *p, size_t bytes)
+{
+    void *b = eng_dnn_raw(p, bytes);
+    if (b) memset(b, 0, bytes);
     return b;
 }
 
@@ -87,23 +94,41 @@ dnnl_format_tag_t eng_dnn_tag(int cblk, int c)
     return cblk == 1 ? dnnl_nchw : (cblk == c ? dnnl_nhwc : dnnl_format_tag_undef);
 }
 
-int eng_dnn_act_md(dnnl_memory_desc_t *md, const eng_layout *l)
+dnnl_data_type_t eng_dnn_dt(eng_act_type t) { return t == ENG_ACT_BF16 ? dnnl_bf16 : dnnl_f32; }
+
+int eng_dnn_act_md(dnnl_memory_desc_t *md, const eng_layout *l, eng_act_type t)
 {
     dnnl_dims_t d = {l->n, l->c, l->h, l->w};
-    return dnnl_memory_desc_init_by_tag(md, 4, d, dnnl_f32, eng_dnn_tag(l->cblk, l->c)) ==
+    return dnnl_memory_desc_init_by_tag(md, 4, d, eng_dnn_dt(t), eng_dnn_tag(l->cblk, l->c)) ==
                    dnnl_success
                ? 0
                : ENG_EDNNL;
 }
 
-int eng_dnn_attr(int bf16, int sum, dnnl_primitive_attr_t *attr)
+int eng_dnn_reorder_op(dnnl_engine_t eng, eng_dnn_pool *p, const dnnl_memory_desc_t *smd,
+                       void *src, const dnnl_memory_desc_t *dmd, void *dst, eng_dnn_op *o,
+                       char *err, size_t errlen)
+{
+    int rc = 0;
+    dnnl_primitive_desc_t pd = NULL;
+    ENG_DN(dnnl_reorder_primitive_desc_create(&pd, smd, eng, dmd, eng, NULL));
+    ENG_DN(dnnl_primitive_create(&o->prim, pd));
+    o->nargs = 2;
+    o->args[0] = (dnnl_exec_arg_t){DNNL_ARG_FROM, eng_dnn_mem(p, eng, smd, src)};
+    o->args[1] = (dnnl_exec_arg_t){DNNL_ARG_TO, eng_dnn_mem(p, eng, dmd, dst)};
+    if (!o->args[0].memory || !o->args[1].memory)
+        rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory for a reorder");
+fail:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+int eng_dnn_attr(int sum, dnnl_primitive_attr_t *attr)
 {
     dnnl_post_ops_t po = NULL;
     *attr = NULL;
     if (dnnl_primitive_attr_create(attr)) return ENG_EDNNL;
-    if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user) ||
-        (bf16 && dnnl_primitive_attr_set_fpmath_mode(*attr, dnnl_fpmath_mode_bf16)))
-        goto fail;
+    if (dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user)) goto fail;
     if (!sum) return 0;
     int bad = dnnl_post_ops_create(&po) || dnnl_post_ops_append_sum(po, 1.0f) ||
               dnnl_primitive_attr_set_post_ops(*attr, po);

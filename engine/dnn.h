@@ -38,7 +38,9 @@ typedef struct eng_dnn_pool {
 dnnl_memory_t eng_dnn_mem(eng_dnn_pool *p, dnnl_engine_t eng, const dnnl_memory_desc_t *md,
                           void *h);
 /* A zeroed buffer released with the pool. */
-float *eng_dnn_buf(eng_dnn_pool *p, size_t bytes);
+void *eng_dnn_buf(eng_dnn_pool *p, size_t bytes);
+/* One left as it is (pages untouched until used: oversized buffers cost no memory). */
+void *eng_dnn_raw(eng_dnn_pool *p, size_t bytes);
 void eng_dnn_pool_fini(eng_dnn_pool *p);
 void eng_dnn_op_fini(eng_dnn_op *o);
 
@@ -49,10 +51,15 @@ int eng_dnn_exec(dnnl_stream_t s, const eng_dnn_op *o, char *err, size_t errlen)
 
 /* The oneDNN tag of an eng_layout's channel blocking (see gn.h). */
 dnnl_format_tag_t eng_dnn_tag(int cblk, int c);
-int eng_dnn_act_md(dnnl_memory_desc_t *md, const eng_layout *l);
-/* Attributes every primitive gets: user scratchpad, the precision's fpmath mode, and
- * optionally an accumulating sum post-op (the residual add). */
-int eng_dnn_attr(int bf16, int sum, dnnl_primitive_attr_t *attr);
+dnnl_data_type_t eng_dnn_dt(eng_act_type t);
+int eng_dnn_act_md(dnnl_memory_desc_t *md, const eng_layout *l, eng_act_type t);
+/* Attributes every primitive gets: user scratchpad and optionally an accumulating sum
+ * post-op (the residual add). */
+int eng_dnn_attr(int sum, dnnl_primitive_attr_t *attr);
+/* A reorder primitive between two descriptors, made once and run many times. */
+int eng_dnn_reorder_op(dnnl_engine_t eng, eng_dnn_pool *p, const dnnl_memory_desc_t *smd,
+                       void *src, const dnnl_memory_desc_t *dmd, void *dst, eng_dnn_op *o,
+                       char *err, size_t errlen);
 /* Sets the scratchpad argument of op o (always its last argument) to buf. */
 int eng_dnn_set_scratch(eng_dnn_op *o, void *buf);
 

@@ -1,15 +1,18 @@
 #include "finetune.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "finetune_int.h"
+#include "ftjson.h"
+#include "modelmeta.h"
+#include "plan.h"
+#include "rundir.h"
 #include "train.h"
 
 #define DEFAULT_SAVE_FRACTION 20 /* checkpoint every ~5 % of the steps */
@@ -37,6 +40,7 @@ static int pretrain_schedule(const ft_params *p, const ft_data_info *d, ft_resol
     if (p->mixup < 0) r->h.mixup_alpha = 0;
     r->weight_decay = p->weight_decay >= 0 ? p->weight_decay : 1e-4;
     r->pretrain = 1;
+    r->pretrain_res = r->h.crop; /* what a fine-tuning of the result will scale the rule by */
     return 0;
 }
 
@@ -52,7 +56,12 @@ int ft_resolve(const ft_params *p, const ft_data_info *d, ft_resolved *r, char *
 {
     memset(r, 0, sizeof *r);
     int th = d->tensor_h;
+    r->pretrain_res = p->pretrain_res ? p->pretrain_res : ENG_HYPER_PRETRAIN_RES;
+    if (r->pretrain_res < ENG_MIN_RES || r->pretrain_res > 4096)
+        return eng_errf(err, errlen, ENG_EINVAL, "the base model's pre-training resolution must "
+                        "be from %d to 4096", ENG_MIN_RES);
     eng_hyper_rule(d->train_images, d->median_w, d->median_h, &r->h);
+    eng_hyper_scale_res(&r->h, r->pretrain_res);
     if (p->nsched > 0) {
         if (p->nsched < 2 || p->nsched > ENG_MAX_SCHEDULE)
             return eng_errf(err, errlen, ENG_EINVAL, "a schedule needs 2 to %d boundaries", ENG_MAX_SCHEDULE);
@@ -86,23 +95,11 @@ int ft_resolve(const ft_params *p, const ft_data_info *d, ft_resolved *r, char *
     r->augment = !p->no_augment && !th;
     r->shuffle = !p->no_shuffle;
     r->weight_decay = p->weight_decay >= 0 ? p->weight_decay : 0;
+    r->mode = p->mode, r->select = p->select, r->budget_s = p->budget_s;
+    r->precision = eng_precision_resolve(p->precision);
+    if (r->select == FT_SELECT_BEST && !r->eval_every) /* best of ten evaluations */
+        r->eval_every = total / 10 > 0 ? total / 10 : 1;
     return p->init_arch ? pretrain_schedule(p, d, r, err, errlen) : 0;
-}
-
-json_t *ft_resolved_json(const ft_resolved *r)
-{
-    json_t *s = json_array();
-    for (int i = 0; i < r->h.nsched; i++) json_array_append_new(s, json_integer(r->h.schedule[i]));
-    return json_pack("{s:i, s:i, s:i, s:f, s:o, s:I, s:[i,i], s:f, s:i, s:I, s:I, s:I, s:b, s:b, "
-                     "s:f, s:b}",
-                     "batch", r->h.batch, "batch_split", r->batch_split, "micro_batch", r->micro,
-                     "base_lr", r->h.base_lr, "schedule", s,
-                     "steps", (json_int_t)r->h.schedule[r->h.nsched - 1], "resolution",
-                     r->h.precrop, r->h.crop, "mixup", r->h.mixup_alpha, "examples_per_class",
-                     r->examples_per_class, "seed", (json_int_t)r->seed, "eval_every",
-                     (json_int_t)r->eval_every, "save_every", (json_int_t)r->save_every,
-                     "augment", r->augment, "shuffle", r->shuffle, "weight_decay",
-                     r->weight_decay, "pretrain", r->pretrain);
 }
 
 /* ---------------------------------------------------------------- evaluation */
@@ -196,17 +193,6 @@ fail:
 
 /* ---------------------------------------------------------------- checkpoints */
 
-typedef struct run {
-    const char *dir, *base, *data;
-    ft_resolved r;
-    ds_dataset *d;
-    eng_trainer *t;
-    eng_arch arch;
-    json_t *history;
-    int64_t step;
-    uint64_t fp;
-    const ft_hooks *hooks;
-} run;
 
 static int write_labels(const char *path, const ds_dataset *d, char *err, size_t errlen)
 {
@@ -236,26 +222,44 @@ static json_t *state_json(const run *R)
                      "width", R->arch.width);
 }
 
+/* The model's class names and evaluation size travel inside model.npz (modelmeta.h). */
+static int put_meta(const run *R, eng_npz *params)
+{
+    int n = ds_num_classes(R->d);
+    const char **names = malloc(sizeof *names * (size_t)n);
+    if (!names) return ENG_ENOMEM;
+    for (int c = 0; c < n; c++) names[c] = ds_class_name(R->d, c);
+    int rc = eng_meta_put(params, names, n, R->r.h.crop);
+    free(names);
+    return rc;
+}
+
 static int save_files(const run *R, const char *dir, char *err, size_t errlen)
 {
     char p[4400];
     eng_npz *params = NULL, *mom = NULL;
-    int rc = eng_trainer_params(R->t, &params);
-    if (!rc) rc = eng_trainer_momentum(R->t, &mom);
+    int rc = 0;
+    if (R->t) { /* a linear probe has no trainer: its parameters, and no momentum */
+        rc = eng_trainer_params(R->t, &params);
+        if (!rc) rc = eng_trainer_momentum(R->t, &mom);
+    } else if (!(mom = eng_npz_new())) {
+        rc = ENG_ENOMEM;
+    }
+    if (!rc) rc = put_meta(R, R->t ? params : R->fixed);
     if (rc) {
         rc = eng_errf(err, errlen, rc, "out of memory saving a checkpoint");
         goto fail;
     }
-    eng_path_join(p, sizeof p, dir, "model.npz");
-    if ((rc = eng_npz_save(p, params, 0, err, errlen))) goto fail;
-    eng_path_join(p, sizeof p, dir, "optimizer.npz");
+    ft_rundir_path(dir, FT_FILE_MODEL, p, sizeof p);
+    if ((rc = eng_npz_save(p, R->t ? params : R->fixed, 0, err, errlen))) goto fail;
+    ft_rundir_path(dir, FT_FILE_OPTIMIZER, p, sizeof p);
     if ((rc = eng_npz_save(p, mom, 0, err, errlen))) goto fail;
-    eng_path_join(p, sizeof p, dir, "labels.txt");
+    ft_rundir_path(dir, FT_FILE_LABELS, p, sizeof p);
     if ((rc = write_labels(p, R->d, err, errlen))) goto fail;
     json_t *st = state_json(R);
     char *s = json_dumps(st, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(st);
-    eng_path_join(p, sizeof p, dir, "state.json");
+    ft_rundir_path(dir, FT_FILE_STATE, p, sizeof p);
     rc = s ? eng_file_write_atomic(p, s, strlen(s), err, errlen)
            : eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     free(s);
@@ -265,37 +269,32 @@ fail:
     return rc;
 }
 
-/* Keeps the newest KEEP_CHECKPOINTS step-* directories. Names sort by step (zero-padded). */
-static void prune(const char *ckdir)
+/* Points the run directory's top-level files at checkpoint fin, one by one (each an atomic
+ * rename of a fresh hard link), state.json last. */
+static int relink(const run *R, const char *fin, char *err, size_t errlen)
 {
-    DIR *dh = opendir(ckdir);
-    if (!dh) return;
-    char names[64][32];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dh)) && n < 64)
-        if (!strncmp(e->d_name, "step-", 5) && strlen(e->d_name) < 32) strcpy(names[n++], e->d_name);
-    closedir(dh);
-    qsort(names, (size_t)n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
-    for (int i = 0; i + KEEP_CHECKPOINTS < n; i++) {
-        char p[4400], e2[128];
-        eng_path_join(p, sizeof p, ckdir, names[i]);
-        arc_remove_tree(p, e2, sizeof e2);
+    for (int i = 0; i < FT_CKPT_NFILES; i++) {
+        char src[4500], dst[4500], lnk[4600];
+        ft_rundir_path(fin, ft_ckpt_files[i], src, sizeof src);
+        ft_rundir_path(R->dir, ft_ckpt_files[i], dst, sizeof dst);
+        snprintf(lnk, sizeof lnk, "%s.tmp", dst);
+        unlink(lnk);
+        if (link(src, lnk) || rename(lnk, dst))
+            return eng_errf(err, errlen, ENG_EIO, "%s: %s", dst, strerror(errno));
     }
+    return 0;
 }
 
 /* A checkpoint is a directory renamed into place when complete, so a crash at any moment
- * leaves the previous one whole; the run directory's top-level files are then re-linked to
- * it one by one (each an atomic rename), state.json last. */
-static int checkpoint(run *R, char *err, size_t errlen)
+ * leaves the previous one whole; the run directory's top-level files then follow it. */
+int ft__checkpoint(run *R, char *err, size_t errlen)
 {
-    char ck[4200], tmp[4400], fin[4400];
-    eng_path_join(ck, sizeof ck, R->dir, "checkpoints");
+    char ck[4200], tmp[4400], fin[4400], e2[256];
+    ft_rundir_path(R->dir, FT_FILE_CHECKPOINTS, ck, sizeof ck);
     if (mkdir(ck, 0755) && errno != EEXIST)
         return eng_errf(err, errlen, ENG_EIO, "%s: %s", ck, strerror(errno));
-    snprintf(tmp, sizeof tmp, "%s/.tmp-%lld-%ld", ck, (long long)R->step, (long)getpid());
-    snprintf(fin, sizeof fin, "%s/step-%09lld", ck, (long long)R->step);
-    char e2[256];
+    ft_rundir_checkpoint_tmp(R->dir, R->step, tmp, sizeof tmp);
+    ft_rundir_checkpoint(R->dir, R->step, fin, sizeof fin);
     arc_remove_tree(tmp, e2, sizeof e2);
     if (mkdir(tmp, 0755)) return eng_errf(err, errlen, ENG_EIO, "%s: %s", tmp, strerror(errno));
     int rc = save_files(R, tmp, err, errlen);
@@ -307,17 +306,8 @@ static int checkpoint(run *R, char *err, size_t errlen)
         arc_remove_tree(tmp, e2, sizeof e2);
         return rc;
     }
-    static const char *files[] = {"model.npz", "optimizer.npz", "labels.txt", "state.json"};
-    for (int i = 0; i < 4 && !rc; i++) {
-        char src[4500], dst[4500], lnk[4600];
-        snprintf(src, sizeof src, "%s/%s", fin, files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", R->dir, files[i]);
-        snprintf(lnk, sizeof lnk, "%s.tmp", dst);
-        unlink(lnk);
-        if (link(src, lnk) || rename(lnk, dst))
-            rc = eng_errf(err, errlen, ENG_EIO, "%s: %s", dst, strerror(errno));
-    }
-    prune(ck);
+    rc = relink(R, fin, err, errlen);
+    ft_rundir_prune(R->dir, KEEP_CHECKPOINTS, R->best_step);
     if (!rc && R->hooks && R->hooks->event) {
         json_t *ev = json_pack("{s:s, s:I, s:s}", "type", "checkpoint", "step", (json_int_t)R->step,
                                "path", fin);
@@ -329,14 +319,7 @@ static int checkpoint(run *R, char *err, size_t errlen)
 
 /* ---------------------------------------------------------------- the run */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void emit(const run *R, json_t *ev)
+void ft__emit(const run *R, json_t *ev)
 {
     if (R->hooks && R->hooks->event) R->hooks->event(R->hooks->ud, ev);
 }
@@ -350,7 +333,8 @@ static int evaluate_now(run *R, json_t **metrics, char *err, size_t errlen)
     eng_net *net = NULL;
     int rc = eng_trainer_params(R->t, &z);
     if (rc) return eng_errf(err, errlen, rc, "out of memory");
-    rc = eng_net_new(z, &R->arch, NULL, &net, err, errlen);
+    eng_net_opts no = {.precision = eng_trainer_precision(R->t)};
+    rc = eng_net_new(z, &R->arch, &no, &net, err, errlen);
     eng_npz_free(z);
     if (!rc) rc = ft_evaluate(net, R->d, DS_VAL, R->r.h.crop, R->r.micro, metrics, err, errlen);
     eng_net_free(net);
@@ -360,7 +344,7 @@ static int evaluate_now(run *R, json_t **metrics, char *err, size_t errlen)
                            json_object_get(*metrics, "top5"), "val_loss",
                            json_object_get(*metrics, "loss"));
     json_array_append(R->history, ev);
-    emit(R, ev);
+    ft__emit(R, ev);
     json_decref(ev);
     return 0;
 }
@@ -413,44 +397,31 @@ static int train_step(run *R, ds_loader *l, float *x, float *tmp, int64_t *y, in
     return eng_trainer_update(R->t, lr, 0.9, R->r.weight_decay, err, errlen);
 }
 
-static int resolved_from_json(const json_t *j, ft_resolved *r)
+/* Throughput and ETA over the last FT_RATE_WINDOW steps, so that they follow what the
+ * machine does now (another job, a request burst) rather than the run's average. */
+static void report(run *R, double lr, double loss)
 {
-    json_t *sched = json_object_get(j, "schedule"), *res = json_object_get(j, "resolution");
-    memset(r, 0, sizeof *r);
-    if (!json_is_array(sched) || json_array_size(sched) < 2 || json_array_size(sched) > ENG_MAX_SCHEDULE ||
-        !json_is_array(res) || json_array_size(res) != 2)
-        return ENG_EFORMAT;
-    r->h.nsched = (int)json_array_size(sched);
-    for (int i = 0; i < r->h.nsched; i++) r->h.schedule[i] = json_integer_value(json_array_get(sched, (size_t)i));
-    r->h.precrop = (int)json_integer_value(json_array_get(res, 0));
-    r->h.crop = (int)json_integer_value(json_array_get(res, 1));
-    r->h.batch = (int)json_integer_value(json_object_get(j, "batch"));
-    r->h.base_lr = json_number_value(json_object_get(j, "base_lr"));
-    r->h.mixup_alpha = json_number_value(json_object_get(j, "mixup"));
-    r->batch_split = (int)json_integer_value(json_object_get(j, "batch_split"));
-    r->micro = (int)json_integer_value(json_object_get(j, "micro_batch"));
-    r->examples_per_class = (int)json_integer_value(json_object_get(j, "examples_per_class"));
-    r->seed = (uint64_t)json_integer_value(json_object_get(j, "seed"));
-    r->eval_every = json_integer_value(json_object_get(j, "eval_every"));
-    r->save_every = json_integer_value(json_object_get(j, "save_every"));
-    r->augment = json_is_true(json_object_get(j, "augment"));
-    r->shuffle = json_is_true(json_object_get(j, "shuffle"));
-    r->weight_decay = json_number_value(json_object_get(j, "weight_decay"));
-    r->pretrain = json_is_true(json_object_get(j, "pretrain"));
-    if (r->h.batch < 1 || r->batch_split < 1 || r->micro * r->batch_split != r->h.batch ||
-        r->h.crop < 32 || r->h.precrop < r->h.crop)
-        return ENG_EFORMAT;
-    return 0;
-}
-
-static void report(const run *R, double lr, double loss, int64_t first, double t0)
-{
+    double now = eng_now_ms() / 1e3;
+    int w = R->nstamps < FT_RATE_WINDOW ? R->nstamps : FT_RATE_WINDOW;
+    double oldest = w ? R->stamps[(R->nstamps - w) % FT_RATE_WINDOW] : now;
+    R->stamps[R->nstamps++ % FT_RATE_WINDOW] = now;
     if (!R->hooks || !R->hooks->progress) return;
     int64_t total = R->r.h.schedule[R->r.h.nsched - 1];
-    double dt = now_s() - t0, ips = dt > 0 ? (double)(R->step - first) * R->r.h.batch / dt : 0;
-    ft_progress p = {R->step, total, lr, loss, ips,
-                     R->step > first ? dt / (double)(R->step - first) * (double)(total - R->step) : -1};
+    double per_step = w && now > oldest ? (now - oldest) / w : 0;
+    ft_progress p = {R->step, total, lr, loss, per_step > 0 ? R->r.h.batch / per_step : 0,
+                     per_step > 0 ? per_step * (double)(total - R->step) : -1};
     R->hooks->progress(R->hooks->ud, &p);
+}
+
+/* select=best: an evaluation better than the best so far is kept as a checkpoint. */
+static int note_eval(run *R, json_t *m, char *err, size_t errlen)
+{
+    double top1 = json_number_value(json_object_get(m, "top1"));
+    if (R->r.select != FT_SELECT_BEST || !m || top1 <= R->best_top1) return 0;
+    R->best_top1 = top1, R->best_step = R->step;
+    json_decref(R->best_metrics);
+    R->best_metrics = json_incref(m);
+    return R->step % R->r.save_every ? ft__checkpoint(R, err, errlen) : 0;
 }
 
 static int loop(run *R, int loader_threads, char *err, size_t errlen)
@@ -466,34 +437,37 @@ static int loop(run *R, int loader_threads, char *err, size_t errlen)
     ds_loader *l = NULL;
     float *x = eng_alloc(sizeof(float) * per * n), *tmp = eng_alloc(sizeof(float) * per * n);
     int64_t *y = calloc((size_t)n, sizeof *y), *y2 = calloc((size_t)n, sizeof *y2);
-    int64_t total = R->r.h.schedule[R->r.h.nsched - 1], first = R->step;
+    int64_t total = R->r.h.schedule[R->r.h.nsched - 1];
     int64_t log_every = total / 100 > 0 ? total / 100 : 1;
-    double t0 = now_s(), loss = 0, lr;
+    double loss = 0, lr;
     if (!x || !tmp || !y || !y2) { rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory"); goto fail; }
     if ((rc = ds_loader_new(R->d, &lo, &l, err, errlen))) goto fail;
+    R->stamps[R->nstamps++ % FT_RATE_WINDOW] = eng_now_ms() / 1e3; /* the first step's rate */
     while ((lr = eng_hyper_lr(&R->r.h, R->step)) >= 0) {
         int stop = R->hooks && R->hooks->stop ? R->hooks->stop(R->hooks->ud) : 0;
         if (stop) {
-            rc = stop == 2 ? checkpoint(R, err, errlen) : 0;
+            rc = stop == 2 ? ft__checkpoint(R, err, errlen) : 0;
             if (!rc) rc = eng_errf(err, errlen, FT_ESTOPPED, "stopped at step %lld", (long long)R->step);
             goto fail;
         }
         if ((rc = train_step(R, l, x, tmp, y, y2, lr, &loss, err, errlen))) goto fail;
         R->step++;
-        report(R, lr, loss, first, t0);
+        report(R, lr, loss);
         if (R->step % log_every == 0 || R->step == total) {
             json_t *ev = json_pack("{s:s, s:I, s:f, s:f}", "type", "train", "step",
                                    (json_int_t)R->step, "loss", loss, "lr", lr);
             json_array_append(R->history, ev);
-            emit(R, ev);
+            ft__emit(R, ev);
             json_decref(ev);
         }
         json_t *m = NULL;
         if (R->r.eval_every && R->step % R->r.eval_every == 0 && R->step < total &&
-            (rc = evaluate_now(R, &m, err, errlen)))
+            ((rc = evaluate_now(R, &m, err, errlen)) || (rc = note_eval(R, m, err, errlen)))) {
+            json_decref(m);
             goto fail;
+        }
         json_decref(m);
-        if (R->step % R->r.save_every == 0 && R->step < total && (rc = checkpoint(R, err, errlen)))
+        if (R->step % R->r.save_every == 0 && R->step < total && (rc = ft__checkpoint(R, err, errlen)))
             goto fail;
     }
 fail:
@@ -504,7 +478,7 @@ fail:
 
 /* Replaces the base checkpoint's head by a zero head with one output per class, as the
  * official code does (so the first steps only move the head). */
-static int new_head(eng_npz *z, eng_arch *a, int classes)
+int ft_new_head(eng_npz *z, eng_arch *a, int classes)
 {
     int64_t ks[4] = {1, 1, 32 * a->width, classes}, bs[1] = {classes};
     eng_tensor *k = eng_tensor_new(ENG_F32, 0, 4, ks), *b = eng_tensor_new(ENG_F32, 0, 1, bs);
@@ -517,31 +491,47 @@ static int new_head(eng_npz *z, eng_arch *a, int classes)
     return rc ? rc : eng_npz_put(z, "resnet/head/conv2d/bias", b);
 }
 
-static int newest_checkpoint(const char *run_dir, char *out, size_t outlen)
-{
-    char ck[4200], best[64] = "";
-    eng_path_join(ck, sizeof ck, run_dir, "checkpoints");
-    DIR *dh = opendir(ck);
-    if (!dh) return ENG_ENOTFOUND;
-    struct dirent *e;
-    while ((e = readdir(dh)))
-        if (!strncmp(e->d_name, "step-", 5) && strlen(e->d_name) < sizeof best && strcmp(e->d_name, best) > 0)
-            strcpy(best, e->d_name);
-    closedir(dh);
-    if (!best[0]) return ENG_ENOTFOUND;
-    snprintf(out, outlen, "%s/%s", ck, best);
-    return 0;
-}
-
-static int load_npz_at(const char *dir, const char *file, eng_npz **z, char *err, size_t errlen)
+static int load_npz_at(const char *dir, ft_file f, eng_npz **z, char *err, size_t errlen)
 {
     char p[4400];
-    eng_path_join(p, sizeof p, dir, file);
+    ft_rundir_path(dir, f, p, sizeof p);
     return eng_npz_load(p, NULL, z, err, errlen);
 }
 
+typedef struct measure_ctx {
+    const run *R;
+    char err[512];
+} measure_ctx;
+
+static int measure_cost(void *ud, int crop, ft_cost *c)
+{
+    measure_ctx *m = ud;
+    int micro = 16 * 128 * 128 / (crop * crop);
+    micro = micro < 1 ? 1 : micro > m->R->r.micro ? m->R->r.micro : micro;
+    return ft_measure(m->R->base, ds_num_classes(m->R->d), crop, micro, m->R->r.precision, c, m->err,
+                      sizeof m->err);
+}
+
+/* `bit finetune --budget-minutes`: the plan that fits, from the model's speed measured now. */
+static int plan_here(run *R, const ft_params *p, char *err, size_t errlen)
+{
+    int th, tw;
+    ds_tensor_size(R->d, &th, &tw);
+    measure_ctx m = {.R = R};
+    ft_plan_in in = {.rule = R->r, .train_images = ds_size(R->d, DS_TRAIN),
+                     .val_images = ds_size(R->d, DS_VAL), .classes = ds_num_classes(R->d),
+                     .features = 32 * R->arch.width, .params = eng_arch_param_count(&R->arch),
+                     .budget_s = p->budget_s, .fixed_res = p->crop > 0 || th > 0,
+                     .fixed_steps = p->steps > 0 || p->nsched > 0, .fixed_mode = p->set_mode,
+                     .cost = measure_cost, .ud = &m};
+    int rc = ft_plan(&in, &R->r, err, errlen);
+    if (rc && m.err[0]) eng_errf(err, errlen, rc, "measuring the model: %s", m.err);
+    return rc;
+}
+
 /* A fresh run: base weights with a new head, the HyperRule resolved for the dataset. */
-static int setup_fresh(run *R, const ft_params *p, eng_npz **z, char *err, size_t errlen)
+static int setup_fresh(run *R, const ft_params *p, const ft_resolved *resolved, eng_npz **z,
+                       char *err, size_t errlen)
 {
     int rc;
     if (p->init_arch) { /* pre-training: He-normal kernels, GN 1/0, zero head */
@@ -554,8 +544,10 @@ static int setup_fresh(run *R, const ft_params *p, eng_npz **z, char *err, size_
     }
     ft_data_info info;
     ft_data_info_of(R->d, &info);
-    if (!rc) rc = ft_resolve(p, &info, &R->r, err, errlen);
-    if (!rc && new_head(*z, &R->arch, ds_num_classes(R->d)))
+    if (!rc && resolved) R->r = *resolved;
+    else if (!rc) rc = ft_resolve(p, &info, &R->r, err, errlen);
+    if (!rc && !resolved && p->budget_s > 0 && !p->init_arch) rc = plan_here(R, p, err, errlen);
+    if (!rc && ft_new_head(*z, &R->arch, ds_num_classes(R->d)))
         rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     if (!rc && mkdir(R->dir, 0755) && errno != EEXIST)
         rc = eng_errf(err, errlen, ENG_EIO, "%s: %s", R->dir, strerror(errno));
@@ -578,9 +570,9 @@ static int setup_resume(run *R, const char *ck, const json_t *state, eng_npz **z
     R->step = json_integer_value(json_object_get(state, "step"));
     R->history = json_deep_copy(json_object_get(state, "history"));
     if (!json_is_array(R->history)) R->history = json_array();
-    int rc = load_npz_at(ck, "model.npz", z, err, errlen);
+    int rc = load_npz_at(ck, FT_FILE_MODEL, z, err, errlen);
     if (!rc) rc = eng_arch_from_npz(*z, &R->arch, err, errlen);
-    if (!rc) rc = load_npz_at(ck, "optimizer.npz", mom, err, errlen);
+    if (!rc) rc = load_npz_at(ck, FT_FILE_OPTIMIZER, mom, err, errlen);
     if (!rc && R->arch.head != ds_num_classes(R->d))
         rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: the checkpoint's head does not match the data", ck);
     return rc;
@@ -592,12 +584,12 @@ static int resume_state(run *R, char *ck, size_t cklen, json_t **state, ds_opts 
 {
     char p[4400];
     json_error_t je;
-    if (newest_checkpoint(R->dir, ck, cklen))
+    if (ft_rundir_newest(R->dir, ck, cklen))
         return eng_errf(err, errlen, ENG_ENOTFOUND, "%s: no checkpoint to resume from", R->dir);
-    eng_path_join(p, sizeof p, ck, "state.json");
+    ft_rundir_path(ck, FT_FILE_STATE, p, sizeof p);
     if (!(*state = json_load_file(p, 0, &je)))
         return eng_errf(err, errlen, ENG_EFORMAT, "%s: %s", p, je.text);
-    if (resolved_from_json(json_object_get(*state, "resolved"), &R->r))
+    if (ft_resolved_from_json(json_object_get(*state, "resolved"), &R->r))
         return eng_errf(err, errlen, ENG_EFORMAT, "%s: bad 'resolved' settings", p);
     if (!R->data) R->data = json_string_value(json_object_get(*state, "data"));
     if (!R->base) R->base = json_string_value(json_object_get(*state, "base_model"));
@@ -607,38 +599,106 @@ static int resume_state(run *R, char *ck, size_t cklen, json_t **state, ds_opts 
     return 0;
 }
 
+int ft__write_metrics(const run *R, json_t *metrics, char *err, size_t errlen)
+{
+    json_t *out = json_pack("{s:I, s:O}", "step", (json_int_t)R->step, "val", metrics ? metrics : json_null());
+    char *s = json_dumps(out, JSON_INDENT(2) | JSON_PRESERVE_ORDER), p[4200];
+    json_decref(out);
+    ft_rundir_path(R->dir, FT_FILE_METRICS, p, sizeof p);
+    int rc = s ? eng_file_write_atomic(p, s, strlen(s), err, errlen) : ENG_ENOMEM;
+    free(s);
+    return rc;
+}
+
+/* select=best: when an earlier checkpoint evaluated better than the last step, the run's
+ * files (and so the registered model) point at it, and metrics.json is its evaluation. */
+static int select_best(run *R, json_t *last, char *err, size_t errlen)
+{
+    double top1 = json_number_value(json_object_get(last, "top1"));
+    int64_t chosen = R->best_step >= 0 && R->best_top1 > top1 ? R->best_step : R->step;
+    char dir[4400];
+    int rc = 0;
+    if (chosen != R->step) {
+        ft_rundir_checkpoint(R->dir, chosen, dir, sizeof dir);
+        if (!(rc = relink(R, dir, err, errlen))) {
+            int64_t last_step = R->step;
+            R->step = chosen;
+            rc = ft__write_metrics(R, R->best_metrics, err, errlen);
+            R->step = last_step;
+        }
+    }
+    json_t *cm = chosen == R->step ? last : R->best_metrics;
+    json_t *ev = json_pack("{s:s, s:I, s:O, s:O, s:O}", "type", "selected", "step", (json_int_t)chosen,
+                           "val_top1", json_object_get(cm, "top1"), "val_top5",
+                           json_object_get(cm, "top5"), "val_loss", json_object_get(cm, "loss"));
+    if (ev) ft__emit(R, ev); /* none without a validation split */
+    json_decref(ev);
+    return rc;
+}
+
 static int finish(run *R, char *err, size_t errlen)
 {
     json_t *m = NULL;
     int rc = evaluate_now(R, &m, err, errlen);
-    if (rc) return rc;
-    json_t *out = json_pack("{s:I, s:o}", "step", (json_int_t)R->step, "val", m ? m : json_null());
-    char *s = json_dumps(out, JSON_INDENT(2) | JSON_PRESERVE_ORDER), p[4200];
-    json_decref(out);
-    eng_path_join(p, sizeof p, R->dir, "metrics.json");
-    rc = s ? eng_file_write_atomic(p, s, strlen(s), err, errlen) : ENG_ENOMEM;
-    free(s);
-    return rc ? rc : checkpoint(R, err, errlen);
+    if (!rc) rc = ft__write_metrics(R, m, err, errlen);
+    if (!rc) rc = ft__checkpoint(R, err, errlen);
+    if (!rc && R->r.select == FT_SELECT_BEST) rc = select_best(R, m, err, errlen);
+    json_decref(m);
+    return rc;
+}
+
+/* After a resume: the best evaluation so far whose checkpoint still exists. */
+static void best_from_history(run *R)
+{
+    size_t i;
+    json_t *ev;
+    json_array_foreach(R->history, i, ev) {
+        const char *type = json_string_value(json_object_get(ev, "type"));
+        double top1 = json_number_value(json_object_get(ev, "val_top1"));
+        int64_t step = json_integer_value(json_object_get(ev, "step"));
+        char dir[4400];
+        if (!type || strcmp(type, "eval") || top1 <= R->best_top1 ||
+            ft_rundir_checkpoint(R->dir, step, dir, sizeof dir) || access(dir, F_OK))
+            continue;
+        R->best_top1 = top1, R->best_step = step;
+        json_decref(R->best_metrics);
+        R->best_metrics = json_pack("{s:f, s:O, s:O}", "top1", top1, "top5",
+                                    json_object_get(ev, "val_top5"), "loss", json_object_get(ev, "val_loss"));
+    }
+}
+
+/* What the run is about to do, resolved: the first event of every start and resume. */
+static void announce(const run *R, int resume)
+{
+    json_t *ev = json_pack("{s:s, s:I, s:I, s:b, s:s, s:I, s:i, s:o}", "type", "start", "step",
+                           (json_int_t)R->step, "total_steps",
+                           (json_int_t)R->r.h.schedule[R->r.h.nsched - 1], "resume", resume,
+                           "architecture", eng_arch_name(&R->arch), "train_images",
+                           (json_int_t)ds_size(R->d, DS_TRAIN), "classes", ds_num_classes(R->d),
+                           "hyperparameters", ft_resolved_json(&R->r));
+    if (ev) ft__emit(R, ev);
+    json_decref(ev);
 }
 
 static int fresh_dir_ok(const char *dir, char *err, size_t errlen)
 {
-    char p[4200];
-    eng_path_join(p, sizeof p, dir, "checkpoints");
-    struct stat st;
-    if (stat(p, &st) == 0)
+    if (ft_rundir_has_run(dir))
         return eng_errf(err, errlen, ENG_EINVAL, "%s already holds a run: resume it or pick another directory", dir);
     return 0;
 }
 
 int ft_run(const char *base, const char *data, const char *run_dir, const ft_params *p,
-           int resume, const ft_hooks *hooks, char *err, size_t errlen)
+           const ft_resolved *resolved, int resume, const ft_hooks *hooks, char *err,
+           size_t errlen)
 {
-    run R = {.dir = run_dir, .base = base, .data = data, .hooks = hooks};
+    run R = {.dir = run_dir, .base = base, .data = data, .hooks = hooks, .best_step = -1,
+             .best_top1 = -1};
     json_t *state = NULL;
     eng_npz *z = NULL, *mom = NULL;
     char ck[4400];
-    ds_opts dso = {.seed = p->seed, .examples_per_class = p->examples_per_class};
+    /* the hold-out and few-shot draw are part of the resolved settings */
+    ds_opts dso = {.seed = resolved ? resolved->seed : p->seed,
+                   .examples_per_class = resolved ? resolved->examples_per_class : p->examples_per_class};
     if (!run_dir || strlen(run_dir) > 3000)
         return eng_errf(err, errlen, ENG_EINVAL, "the run directory path is missing or too long");
     int rc = resume ? resume_state(&R, ck, sizeof ck, &state, &dso, err, errlen)
@@ -649,11 +709,17 @@ int ft_run(const char *base, const char *data, const char *run_dir, const ft_par
     if (rc) goto fail;
     R.fp = ds_fingerprint(R.d);
     if ((rc = resume ? setup_resume(&R, ck, state, &z, &mom, err, errlen)
-                     : setup_fresh(&R, p, &z, err, errlen)))
+                     : setup_fresh(&R, p, resolved, &z, err, errlen)))
         goto fail;
+    announce(&R, resume);
+    if (R.r.mode == FT_MODE_LINEAR) { /* one pass; a resumed one had already finished */
+        if (!resume) rc = ft__linear(&R, z, p, err, errlen), z = NULL;
+        goto fail;
+    }
+    best_from_history(&R);
     int th, tw;
     ds_tensor_size(R.d, &th, &tw);
-    eng_train_opts to = {.precision = p->precision, .micro_batch = R.r.micro,
+    eng_train_opts to = {.precision = R.r.precision, .micro_batch = R.r.micro,
                          .h = th ? th : R.r.h.crop, .w = th ? tw : R.r.h.crop};
     if ((rc = eng_trainer_new(z, &R.arch, &to, &R.t, err, errlen))) goto fail;
     if (mom && (rc = eng_trainer_set_momentum(R.t, mom, err, errlen))) goto fail;
@@ -664,7 +730,9 @@ fail:
     ds_free(R.d);
     eng_npz_free(z);
     eng_npz_free(mom);
+    eng_npz_free(R.fixed);
     json_decref(R.history);
+    json_decref(R.best_metrics);
     json_decref(state);
     return rc;
 }

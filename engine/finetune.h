@@ -10,14 +10,26 @@
 #include "hyper.h"
 #include "net.h"
 
+/* How a run trains: the HyperRule's fine-tuning of every layer, or the linear-evaluation
+ * protocol (backbone frozen, features computed once, a softmax regression head). */
+typedef enum { FT_MODE_FULL = 0, FT_MODE_LINEAR = 1 } ft_mode;
+/* Which model a run ends with: its last step (as BiT), or its best validation top-1. */
+typedef enum { FT_SELECT_LAST = 0, FT_SELECT_BEST = 1 } ft_select;
+
 /* What the user asked for; zero / negative fields mean "the HyperRule decides". */
 typedef struct ft_params {
+    ft_mode mode;      /* set_mode says whether it was asked for (a budget may pick it) */
+    ft_select select;
+    int set_mode, set_select;
+    double budget_s;   /* finish within this many seconds (0: no budget) */
     int64_t steps;                          /* scale the rule's schedule to this many steps */
     int64_t schedule[ENG_MAX_SCHEDULE];     /* explicit boundaries (nsched > 0) */
     int nsched;
     int batch, batch_split;
     double base_lr;                         /* 0: 0.003 */
     int precrop, crop;
+    int pretrain_res;   /* the base model's pre-training resolution (its NAME.json's
+                           pretrain_resolution): the rule's sizes scale by it / 224; 0: 224 */
     double mixup;                           /* < 0: rule; 0 disables */
     int examples_per_class;
     uint64_t seed;
@@ -44,6 +56,12 @@ typedef struct ft_resolved {
     int augment, shuffle;
     double weight_decay;
     int pretrain;
+    ft_mode mode;
+    ft_select select;
+    eng_precision precision; /* f32 or bf16: auto resolved for this CPU */
+    /* The plan a time budget chose (budget_s > 0), and what it predicted. */
+    double budget_s, predicted_s;
+    int pretrain_res;  /* what the rule's resolution was scaled for */
 } ft_resolved;
 
 typedef struct ft_progress {
@@ -74,14 +92,21 @@ void ft_data_info_of(const ds_dataset *d, ft_data_info *info);
 /* Resolves the HyperRule and the overrides for a dataset. */
 int ft_resolve(const ft_params *p, const ft_data_info *d, ft_resolved *r, char *err,
                size_t errlen);
-json_t *ft_resolved_json(const ft_resolved *r);
 
 /* Trains base (an official-schema .npz) on data (directory, archive or tensor .npz) into
- * run_dir; with resume, continues from run_dir's last checkpoint (same data and settings).
- * Writes model.npz (official schema, new head), labels.txt, optimizer.npz, state.json and
- * metrics.json (final evaluation with per-class accuracy and confusion matrix). */
+ * run_dir (layout: rundir.h); with resume, continues from run_dir's last checkpoint (same
+ * data and settings). A fresh run uses resolved when given (a job runs exactly what it
+ * resolved at creation), else resolves p for the data; p always gives the loader threads,
+ * precision and pre-training architecture. Writes model.npz (official schema, new head),
+ * labels.txt, optimizer.npz, state.json and metrics.json (final evaluation with per-class
+ * accuracy and confusion matrix). */
 int ft_run(const char *base, const char *data, const char *run_dir, const ft_params *p,
-           int resume, const ft_hooks *hooks, char *err, size_t errlen);
+           const ft_resolved *resolved, int resume, const ft_hooks *hooks, char *err,
+           size_t errlen);
+
+/* Replaces a checkpoint's head by a zero head of `classes` outputs, as the official code does
+ * (so the first steps only move the head); a->head follows. ENG_ENOMEM. */
+int ft_new_head(eng_npz *z, eng_arch *a, int classes);
 
 /* Evaluation of a model on a split: top-1, top-5, mean loss, per-class accuracy, confusion
  * matrix (when classes <= 1000). The caller owns the returned object. */

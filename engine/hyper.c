@@ -1,5 +1,7 @@
 #include "hyper.h"
 
+#include "arch.h"
+
 void eng_hyper_rule(int64_t train_images, int median_w, int median_h, eng_hyper *h)
 {
     static const int64_t small[] = {100, 200, 300, 400, 500};
@@ -14,6 +16,18 @@ void eng_hyper_rule(int64_t train_images, int median_w, int median_h, eng_hyper 
     h->batch = 512;
     h->base_lr = 0.003;
     h->mixup_alpha = train_images < 20000 ? 0.0 : 0.1;
+}
+
+/* Scaling both sides alike keeps what the rule means: fine-tune small images below the
+ * pre-training size (128 of 224) and large ones a little above it (480 of 224 is the FixRes
+ * effect: test-time objects look larger than the random crops seen in training). */
+void eng_hyper_scale_res(eng_hyper *h, int pretrain_res)
+{
+    if (pretrain_res == ENG_HYPER_PRETRAIN_RES) return;
+    int64_t crop = ((int64_t)h->crop * pretrain_res + ENG_HYPER_PRETRAIN_RES / 2) / ENG_HYPER_PRETRAIN_RES;
+    if (crop < ENG_MIN_RES) crop = ENG_MIN_RES;
+    h->precrop = (int)(((int64_t)h->precrop * crop + h->crop / 2) / h->crop);
+    h->crop = (int)crop;
 }
 
 void eng_hyper_scale_steps(eng_hyper *h, int64_t steps)

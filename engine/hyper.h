@@ -18,6 +18,12 @@ typedef struct eng_hyper {
 /* The rule as the paper gives it, for train_images training examples whose median original
  * size is median_w x median_h (area under 96 x 96: 160/128, else 512/480). */
 void eng_hyper_rule(int64_t train_images, int median_w, int median_h, eng_hyper *h);
+/* The resolution the released BiT models were pre-trained at, which the rule's sizes assume. */
+#define ENG_HYPER_PRETRAIN_RES 224
+/* Scales the rule's resolution to a base model pre-trained at pretrain_res instead of 224:
+ * crop = round(crop * pretrain_res / 224), at least ENG_MIN_RES (32), and precrop keeps its
+ * ratio to crop (so 56 gives 40/32 and 128/120). 224 leaves the rule exactly as it is. */
+void eng_hyper_scale_res(eng_hyper *h, int pretrain_res);
 /* Rescales the rule's schedule to `steps` total steps, keeping the proportions. */
 void eng_hyper_scale_steps(eng_hyper *h, int64_t steps);
 /* Learning rate at step: base * step / schedule[0] during warm-up (exactly 0 at step 0), then

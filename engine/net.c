@@ -16,7 +16,7 @@
 typedef struct conv_w {
     int kh, cin, cout, stride, pad, packed;
     dnnl_memory_desc_t md;
-    float *data;
+    void *data; /* f32 OIHW until packed, then in md's layout and type */
 } conv_w;
 
 typedef struct gn_w {
@@ -33,7 +33,7 @@ typedef eng_dnn_op op;
 
 typedef struct unit_p {
     eng_layout in, mid_in, mid_out, out;
-    float *x, *xo; /* residual stream in and out (equal unless the unit projects) */
+    void *x, *xo; /* residual stream in and out (equal unless the unit projects) */
     op a, b, c, p;
 } unit_p;
 
@@ -46,9 +46,12 @@ typedef struct plan {
     op root, head;
     unit_p *units;
     int nunits_built;
-    float *bufs[6]; /* R, X0, X1, P, A, B */
-    float *final_buf; /* residual stream after the last unit */
-    float *feat;
+    void *bufs[6];    /* R, X0, X1 (residual stream), P, A, B */
+    void *final_buf;  /* residual stream after the last unit */
+    void *xin;        /* the input in bf16 (bf16 nets) */
+    float *feat;      /* pooled features */
+    uint16_t *featb;  /* and in bf16, the head's input (bf16 nets) */
+    void *gnws;       /* GroupNorm workspace, sized for the largest layer */
     void *scratch;
     size_t scratch_bytes;
     eng_dnn_pool pool; /* memory objects and private weight copies */
@@ -57,14 +60,17 @@ typedef struct plan {
 
 struct eng_net {
     eng_arch arch;
-    eng_net_opts opts;
+    eng_net_opts opts;  /* precision resolved */
+    eng_act_type at;    /* activations and weights of the convolutions and the head */
+    eng_act_type rt;    /* the residual stream */
     dnnl_engine_t eng;
     conv_w root;
     unit_w *units;
     int nunits, feat;
     gn_w final;
     dnnl_memory_desc_t head_md;
-    float *head_w, *head_b;
+    void *head_w;
+    float *head_b;
     int head_packed;
     pthread_mutex_t mu;
     plan *plans;
@@ -84,8 +90,8 @@ static int conv_load(conv_w *cw, const eng_tensor *t, int stride)
     int cout = (int)t->shape[3], per = kh * kw * cin;
     const float *w = t->data;
     cw->kh = kh, cw->cin = cin, cw->cout = cout, cw->stride = stride, cw->pad = (kh - 1) / 2;
-    cw->data = eng_alloc(sizeof(float) * (size_t)per * cout);
-    if (!cw->data) return ENG_ENOMEM;
+    float *ws = eng_alloc(sizeof(float) * (size_t)per * cout);
+    if (!(cw->data = ws)) return ENG_ENOMEM;
     dnnl_dims_t dims = {cout, cin, kh, kw};
     if (dnnl_memory_desc_init_by_tag(&cw->md, 4, dims, dnnl_f32, dnnl_oihw) != dnnl_success)
         return ENG_EDNNL;
@@ -104,7 +110,7 @@ static int conv_load(conv_w *cw, const eng_tensor *t, int stride)
                 for (int ci = 0; ci < cin; ci++) {
                     int64_t src = ((int64_t)(y * kw + x) * cin + ci) * cout + o;
                     int64_t dst = (((int64_t)o * cin + ci) * kh + y) * kw + x;
-                    cw->data[dst] = (float)((w[src] - m) * r);
+                    ws[dst] = (float)((w[src] - m) * r);
                 }
     }
     return 0;
@@ -172,6 +178,20 @@ static void conv_free(conv_w *c) { eng_free(c->data); }
 static void gn_free(gn_w *g) { eng_free(g->gamma), eng_free(g->beta); }
 static void plan_free(plan *p);
 
+int eng_net_load(const char *path, const eng_net_opts *opts, eng_net **out, eng_arch *arch_out,
+                 char *err, size_t errlen)
+{
+    eng_npz *z = NULL;
+    eng_arch a;
+    *out = NULL;
+    int rc = eng_npz_load(path, NULL, &z, err, errlen);
+    if (!rc) rc = eng_arch_from_npz(z, &a, err, errlen);
+    if (!rc) rc = eng_net_new(z, &a, opts, out, err, errlen);
+    eng_npz_free(z);
+    if (!rc && arch_out) *arch_out = a;
+    return rc;
+}
+
 void eng_net_free(eng_net *net)
 {
     if (!net) return;
@@ -207,6 +227,9 @@ int eng_net_new(const eng_npz *ckpt, const eng_arch *a, const eng_net_opts *opts
     net->arch = *a;
     if (opts) net->opts = *opts;
     if (net->opts.max_plans <= 0) net->opts.max_plans = 8;
+    net->opts.precision = eng_precision_resolve(net->opts.precision);
+    net->at = net->opts.precision == ENG_PREC_BF16 ? ENG_ACT_BF16 : ENG_ACT_F32;
+    net->rt = ENG_ACT_F32;
     net->feat = a->width * 32;
     DN(dnnl_engine_create(&net->eng, dnnl_cpu, 0));
     for (int b = 0; b < 4; b++) net->nunits += a->units[b];
@@ -234,14 +257,44 @@ fail:
 }
 
 const eng_arch *eng_net_arch(const eng_net *net) { return &net->arch; }
+eng_precision eng_net_precision(const eng_net *net) { return net->opts.precision; }
+
+eng_precision eng_precision_resolve(eng_precision p)
+{
+    if (p != ENG_PREC_AUTO) return p;
+    unsigned isa = (unsigned)dnnl_get_effective_cpu_isa(), bf16 = dnnl_cpu_isa_avx512_core_bf16;
+    return (isa & bf16) == bf16 ? ENG_PREC_BF16 : ENG_PREC_F32; /* AMX's bits include these */
+}
+
+const char *eng_precision_name(eng_precision p)
+{
+    return p == ENG_PREC_BF16 ? "bf16" : p == ENG_PREC_AUTO ? "auto" : "f32";
+}
+
+const char *eng_cpu_isa(void)
+{
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    default: return "other";
+    }
+}
 int eng_net_out_dim(const eng_net *net) { return net->arch.head ? net->arch.head : net->feat; }
 
 /* ---------------------------------------------------------------- plans */
 
 /* Weights in the layout `want`: the shared copy (packed into `want` on first use, under the
  * net's lock), or a private reorder when this shape prefers another layout. */
-static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **data, int *packed,
-                       const dnnl_memory_desc_t *want, float **use, char *err, size_t errlen)
+static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, void **data, int *packed,
+                       const dnnl_memory_desc_t *want, void **use, char *err, size_t errlen)
 {
     int first = !*packed;
     *packed = 1;
@@ -251,7 +304,7 @@ static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **da
     }
     int plain = first;
     size_t bytes = dnnl_memory_desc_get_size(want);
-    float *dst = plain ? eng_alloc(bytes) : eng_dnn_buf(&p->pool, bytes);
+    void *dst = plain ? eng_alloc(bytes) : eng_dnn_buf(&p->pool, bytes);
     if (!dst) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory packing weights");
     int rc = eng_dnn_reorder(net->eng, NULL, md, *data, want, dst, err, errlen);
     if (rc) {
@@ -269,11 +322,11 @@ static int weights_for(eng_net *net, plan *p, dnnl_memory_desc_t *md, float **da
 
 /* Finishes an op from its primitive descriptor: weights, memories, scratchpad size. */
 static int op_finish(eng_net *net, plan *p, dnnl_primitive_desc_t pd, op *o, void *src,
-                     dnnl_memory_desc_t *wmd, float **wdata, int *packed, void *dst,
+                     dnnl_memory_desc_t *wmd, void **wdata, int *packed, void *dst,
                      const dnnl_memory_desc_t *bias_md, void *bias, char *err, size_t errlen)
 {
     int rc = 0;
-    float *w = NULL;
+    void *w = NULL;
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *dmd = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
@@ -309,16 +362,17 @@ static int conv_op(eng_net *net, plan *p, conv_w *cw, const dnnl_memory_desc_t *
     dnnl_primitive_desc_t pd = NULL;
     dnnl_dims_t wd = {cw->cout, cw->cin, cw->kh, cw->kh}, st = {cw->stride, cw->stride},
                 pad = {cw->pad, cw->pad};
-    DN(dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any));
+    DN(dnnl_memory_desc_init_by_tag(&wany, 4, wd, eng_dnn_dt(net->at), dnnl_format_tag_any));
     DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, smd,
                                           &wany, NULL, dmd, st, pad, pad));
-    if (eng_dnn_attr(net->opts.precision == ENG_PREC_BF16, sum, &attr)) {
+    if (eng_dnn_attr(sum, &attr)) {
         rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
         goto fail;
     }
     DN(dnnl_primitive_desc_create(&pd, &cd, attr, net->eng, NULL));
     if (chosen_dst) *chosen_dst = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-    if (src || dst) rc = op_finish(net, p, pd, o, src, &cw->md, &cw->data, &cw->packed, dst, NULL, NULL, err,
+    if (src || dst)
+        rc = op_finish(net, p, pd, o, src, &cw->md, &cw->data, &cw->packed, dst, NULL, NULL, err,
                        errlen);
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -333,7 +387,9 @@ static int choose_cblk(eng_net *net, plan *p, const dnnl_memory_desc_t *in_md, c
 {
     dnnl_memory_desc_t any, got;
     dnnl_dims_t d = {p->lroot.n, p->lroot.c, p->lroot.h, p->lroot.w};
-    int rc = dnnl_memory_desc_init_by_tag(&any, 4, d, dnnl_f32, dnnl_format_tag_any) ? ENG_EDNNL : 0;
+    int rc = dnnl_memory_desc_init_by_tag(&any, 4, d, eng_dnn_dt(net->at), dnnl_format_tag_any)
+                 ? ENG_EDNNL
+                 : 0;
     if (rc || (rc = conv_op(net, p, &net->root, in_md, NULL, &any, NULL, 0, NULL, &got, err,
                             errlen)))
         return rc ? rc : eng_errf(err, errlen, ENG_EDNNL, "oneDNN: bad root descriptor");
@@ -342,7 +398,8 @@ static int choose_cblk(eng_net *net, plan *p, const dnnl_memory_desc_t *in_md, c
         dnnl_memory_desc_t cand;
         eng_layout l = p->lroot;
         l.cblk = options[i];
-        if (eng_dnn_act_md(&cand, &l) == 0 && dnnl_memory_desc_equal(&cand, &got)) return options[i];
+        if (eng_dnn_act_md(&cand, &l, net->at) == 0 && dnnl_memory_desc_equal(&cand, &got))
+            return options[i];
     }
     return 16; /* an unexpected pick: impose the usual AVX-512 layout */
 }
@@ -352,6 +409,7 @@ static eng_layout lay(int n, int c, int h, int w, int cblk)
     return (eng_layout){n, c, h, w, cblk == -1 ? c : cblk};
 }
 
+/* The head: bf16 (or f32) features and weights, f32 bias and logits. */
 static int head_op(eng_net *net, plan *p, char *err, size_t errlen)
 {
     int rc = 0, n = p->n, f = net->feat, k = net->arch.head;
@@ -360,17 +418,18 @@ static int head_op(eng_net *net, plan *p, char *err, size_t errlen)
     dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_dims_t sd = {n, f}, wd = {k, f}, bd = {k}, dd = {n, k};
-    DN(dnnl_memory_desc_init_by_tag(&smd, 2, sd, dnnl_f32, dnnl_nc));
-    DN(dnnl_memory_desc_init_by_tag(&wany, 2, wd, dnnl_f32, dnnl_format_tag_any));
+    DN(dnnl_memory_desc_init_by_tag(&smd, 2, sd, eng_dnn_dt(net->at), dnnl_nc));
+    DN(dnnl_memory_desc_init_by_tag(&wany, 2, wd, eng_dnn_dt(net->at), dnnl_format_tag_any));
     DN(dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x));
     DN(dnnl_memory_desc_init_by_tag(&dmd, 2, dd, dnnl_f32, dnnl_nc));
     DN(dnnl_inner_product_forward_desc_init(&ipd, dnnl_forward_inference, &smd, &wany, &bmd, &dmd));
-    if (eng_dnn_attr(net->opts.precision == ENG_PREC_BF16, 0, &attr)) {
+    if (eng_dnn_attr(0, &attr)) {
         rc = eng_errf(err, errlen, ENG_EDNNL, "oneDNN: attributes refused");
         goto fail;
     }
     DN(dnnl_primitive_desc_create(&pd, &ipd, attr, net->eng, NULL));
-    rc = op_finish(net, p, pd, &p->head, p->feat, &net->head_md, &net->head_w, &net->head_packed,
+    void *src = net->at == ENG_ACT_BF16 ? (void *)p->featb : (void *)p->feat;
+    rc = op_finish(net, p, pd, &p->head, src, &net->head_md, &net->head_w, &net->head_packed,
                    NULL, &bmd, net->head_b, err, errlen);
 fail:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -390,22 +449,29 @@ static void plan_free(plan *p)
     }
     free(p->units);
     eng_dnn_pool_fini(&p->pool);
-    for (int i = 0; i < 6; i++) eng_free(p->bufs[i]);
-    eng_free(p->feat);
-    eng_free(p->scratch);
     if (p->stream) dnnl_stream_destroy(p->stream);
     free(p);
 }
 
-/* Shapes of every unit and the largest buffer each role needs. */
-static void plan_shapes(const eng_net *net, plan *p, int blk, int64_t need[6])
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+static size_t act_bytes(const eng_layout *l, eng_act_type t)
+{
+    return (size_t)eng_layout_size(l) * (t == ENG_ACT_BF16 ? 2 : 4);
+}
+
+/* Shapes of every unit and the bytes each buffer role needs: R, X0, X1, P, A, B, then the
+ * GroupNorm workspace. */
+static void plan_shapes(const eng_net *net, plan *p, int blk, size_t need[7])
 {
     int hw[5][2];
     eng_arch_spatial(p->h, p->w, hw);
     int n = p->n, H = hw[0][0], W = hw[0][1], i = 0;
-    int64_t x = eng_layout_size(&p->lpool);
-    need[0] = eng_layout_size(&p->lroot);
-    need[1] = need[3] = need[4] = need[5] = 0;
+    eng_act_type at = net->at, rt = net->rt;
+    size_t x = act_bytes(&p->lpool, rt);
+    p->lfinal = lay(n, net->feat, hw[4][0], hw[4][1], blk);
+    need[0] = act_bytes(&p->lroot, at);
+    need[3] = need[4] = need[5] = 0;
+    need[6] = eng_gn_ws_bytes(&p->lfinal);
     for (int b = 0; b < 4; b++)
         for (int u = 0; u < net->arch.units[b]; u++, i++) {
             const unit_w *uw = &net->units[i];
@@ -416,29 +482,27 @@ static void plan_shapes(const eng_net *net, plan *p, int blk, int64_t need[6])
             up->mid_out = lay(n, uw->mid, oh, ow, blk);
             up->out = lay(n, uw->cout, oh, ow, blk);
             H = oh, W = ow;
-            int64_t s[] = {eng_layout_size(&up->in), eng_layout_size(&up->mid_in),
-                           eng_layout_size(&up->mid_out), eng_layout_size(&up->out)};
-            if (s[0] > x) x = s[0];
-            if (s[3] > x) x = s[3];
-            if (s[0] > need[3]) need[3] = s[0];
-            if (s[1] > need[4]) need[4] = s[1];
-            if (s[2] > need[5]) need[5] = s[2];
+            x = max_size(x, max_size(act_bytes(&up->in, rt), act_bytes(&up->out, rt)));
+            need[3] = max_size(need[3], act_bytes(&up->in, at));
+            need[4] = max_size(need[4], act_bytes(&up->mid_in, at));
+            need[5] = max_size(need[5], act_bytes(&up->mid_out, at));
+            need[6] = max_size(need[6], max_size(eng_gn_ws_bytes(&up->in),
+                                                 eng_gn_ws_bytes(&up->mid_in)));
         }
     need[1] = need[2] = x;
-    p->lfinal = lay(n, net->feat, H, W, blk);
 }
 
-static int unit_ops(eng_net *net, plan *p, int i, float **cur, char *err, size_t errlen)
+static int unit_ops(eng_net *net, plan *p, int i, void **cur, char *err, size_t errlen)
 {
     unit_w *uw = &net->units[i];
     unit_p *up = &p->units[i];
     dnnl_memory_desc_t m_in, m_mi, m_mo, m_out;
-    int rc = eng_dnn_act_md(&m_in, &up->in);
-    if (!rc) rc = eng_dnn_act_md(&m_mi, &up->mid_in);
-    if (!rc) rc = eng_dnn_act_md(&m_mo, &up->mid_out);
-    if (!rc) rc = eng_dnn_act_md(&m_out, &up->out);
+    int rc = eng_dnn_act_md(&m_in, &up->in, net->at);
+    if (!rc) rc = eng_dnn_act_md(&m_mi, &up->mid_in, net->at);
+    if (!rc) rc = eng_dnn_act_md(&m_mo, &up->mid_out, net->at);
+    if (!rc) rc = eng_dnn_act_md(&m_out, &up->out, net->rt);
     if (rc) return eng_errf(err, errlen, rc, "oneDNN: activation descriptor refused");
-    float *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
+    void *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
     up->x = *cur;
     up->xo = uw->proj ? (*cur == p->bufs[1] ? p->bufs[2] : p->bufs[1]) : *cur;
     if ((uw->proj && (rc = conv_op(net, p, &uw->p, &m_in, P, &m_out, up->xo, 0, &up->p, NULL, err,
@@ -449,6 +513,19 @@ static int unit_ops(eng_net *net, plan *p, int i, float **cur, char *err, size_t
         return rc;
     *cur = up->xo;
     return 0;
+}
+
+/* Buffers of a plan, all from its pool. */
+static int plan_buffers(const eng_net *net, plan *p, const size_t need[7])
+{
+    int bf = net->at == ENG_ACT_BF16;
+    for (int i = 0; i < 6; i++) /* every buffer is written before it is read */
+        if (!(p->bufs[i] = eng_dnn_raw(&p->pool, need[i]))) return ENG_ENOMEM;
+    p->feat = eng_dnn_raw(&p->pool, sizeof(float) * (size_t)p->n * net->feat);
+    p->featb = bf ? eng_dnn_raw(&p->pool, 2 * (size_t)p->n * net->feat) : NULL;
+    p->xin = bf ? eng_dnn_raw(&p->pool, 2 * (size_t)p->n * 3 * p->h * p->w) : NULL;
+    p->gnws = eng_dnn_raw(&p->pool, need[6]);
+    return p->feat && p->gnws && (!bf || (p->featb && p->xin)) ? 0 : ENG_ENOMEM;
 }
 
 static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, size_t errlen)
@@ -462,29 +539,27 @@ static int plan_build(eng_net *net, int n, int h, int w, plan **out, char *err, 
     p->lroot = lay(n, net->arch.width, rh, rw, 1);
     dnnl_memory_desc_t in_md, root_md;
     eng_layout lin = {n, 3, h, w, 1};
-    if ((rc = eng_dnn_act_md(&in_md, &lin))) goto fail;
+    if ((rc = eng_dnn_act_md(&in_md, &lin, net->at))) goto fail;
     int blk = choose_cblk(net, p, &in_md, err, errlen);
     if (blk < 0) { rc = blk; goto fail; }
     if (blk == net->arch.width && blk != 16 && blk != 8) blk = -1; /* NHWC: block = all channels */
     p->lroot = lay(n, net->arch.width, rh, rw, blk);
     p->lpool = lay(n, net->arch.width, eng_out_size(rh, 3, 2, 1), eng_out_size(rw, 3, 2, 1), blk);
-    int64_t need[6];
+    size_t need[7];
     plan_shapes(net, p, blk, need);
-    for (int i = 0; i < 6; i++)
-        if (!(p->bufs[i] = eng_alloc(sizeof(float) * (size_t)(need[i] ? need[i] : 1)))) goto oom;
-    if (!(p->feat = eng_alloc(sizeof(float) * (size_t)n * net->feat))) goto oom;
-    if ((rc = eng_dnn_act_md(&root_md, &p->lroot))) goto fail;
-    if ((rc = conv_op(net, p, &net->root, &in_md, NULL, &root_md, p->bufs[0], 0, &p->root, NULL,
+    if (plan_buffers(net, p, need)) goto oom;
+    if ((rc = eng_dnn_act_md(&root_md, &p->lroot, net->at))) goto fail;
+    if ((rc = conv_op(net, p, &net->root, &in_md, p->xin, &root_md, p->bufs[0], 0, &p->root, NULL,
                       err, errlen)))
         goto fail;
-    float *cur = p->bufs[1];
+    void *cur = p->bufs[1];
     for (int i = 0; i < net->nunits; i++) {
         p->nunits_built = i + 1;
         if ((rc = unit_ops(net, p, i, &cur, err, errlen))) goto fail;
     }
     p->final_buf = cur;
     if (net->arch.head && (rc = head_op(net, p, err, errlen))) goto fail;
-    if (!(p->scratch = eng_alloc(p->scratch_bytes ? p->scratch_bytes : 64))) goto oom;
+    if (!(p->scratch = eng_dnn_raw(&p->pool, p->scratch_bytes))) goto oom;
     int bad = eng_dnn_set_scratch(&p->root, p->scratch) || eng_dnn_set_scratch(&p->head, p->scratch);
     for (int u = 0; u < net->nunits; u++) {
         unit_p *up = &p->units[u];
@@ -543,13 +618,15 @@ static void plan_release(eng_net *net, plan *p)
     pthread_mutex_unlock(&net->mu);
 }
 
-static int run(const plan *p, const op *o, char *err, size_t errlen)
+static int run(const eng_net *net, const plan *p, const op *o, char *err, size_t errlen)
 {
-    return eng_dnn_exec(p->stream, o, err, errlen);
+    int rc;
+    ENG_PROF(net->opts.prof, ENG_OP_CONV_FWD, rc = eng_dnn_exec(p->stream, o, err, errlen));
+    return rc;
 }
 
 static void tap_layout(eng_tap_fn tap, void *ud, const char *stage, const eng_layout *l,
-                       const float *data)
+                       eng_buf data)
 {
     float *plain = malloc(sizeof(float) * (size_t)eng_layout_size(l));
     if (!plain) return;
@@ -558,48 +635,59 @@ static void tap_layout(eng_tap_fn tap, void *ud, const char *stage, const eng_la
     free(plain);
 }
 
+static void gn(const eng_net *net, const plan *p, const eng_layout *l, eng_buf src, eng_buf dst,
+               const gn_w *g)
+{
+    ENG_PROF(net->opts.prof, ENG_OP_GN_FWD,
+             eng_gn_relu(l, src, dst, (eng_buf){0}, g->gamma, g->beta, NULL, NULL, p->gnws));
+}
+
 static int unit_run(const eng_net *net, const plan *p, int i, char *err, size_t errlen)
 {
     const unit_w *uw = &net->units[i];
     const unit_p *up = &p->units[i];
-    float *P = p->bufs[3], *A = p->bufs[4], *B = p->bufs[5];
-    int rc = eng_gn_relu(&up->in, up->x, P, uw->ga.gamma, uw->ga.beta, NULL, NULL);
-    if (!rc && uw->proj) rc = run(p, &up->p, err, errlen);
-    if (!rc) rc = run(p, &up->a, err, errlen);
-    if (!rc) rc = eng_gn_relu(&up->mid_in, A, A, uw->gb.gamma, uw->gb.beta, NULL, NULL);
-    if (!rc) rc = run(p, &up->b, err, errlen);
-    if (!rc) rc = eng_gn_relu(&up->mid_out, B, B, uw->gc.gamma, uw->gc.beta, NULL, NULL);
-    if (!rc) rc = run(p, &up->c, err, errlen);
-    if (rc == ENG_ENOMEM) eng_errf(err, errlen, rc, "out of memory in GroupNorm");
-    return rc;
+    eng_buf P = {p->bufs[3], net->at}, A = {p->bufs[4], net->at}, B = {p->bufs[5], net->at};
+    gn(net, p, &up->in, (eng_buf){up->x, net->rt}, P, &uw->ga);
+    int rc = uw->proj ? run(net, p, &up->p, err, errlen) : 0;
+    if (!rc) rc = run(net, p, &up->a, err, errlen);
+    if (rc) return rc;
+    gn(net, p, &up->mid_in, A, A, &uw->gb);
+    if ((rc = run(net, p, &up->b, err, errlen))) return rc;
+    gn(net, p, &up->mid_out, B, B, &uw->gc);
+    return run(net, p, &up->c, err, errlen);
 }
 
 static int plan_run(const eng_net *net, plan *p, const float *input, float *logits,
                     eng_tap_fn tap, void *ud, char *err, size_t errlen)
 {
     int rc = 0;
-    DN(dnnl_memory_set_data_handle(p->root.args[0].memory, (void *)input));
-    if ((rc = run(p, &p->root, err, errlen))) goto fail;
-    if (tap) tap_layout(tap, ud, "root_conv", &p->lroot, p->bufs[0]);
-    eng_pool_root(&p->lroot, p->bufs[0], &p->lpool, p->bufs[1]);
-    if (tap) tap_layout(tap, ud, "root_pool", &p->lpool, p->bufs[1]);
+    eng_prof *pr = net->opts.prof;
+    if (p->xin) /* bf16 nets: the input rounded once, in its plain layout */
+        ENG_PROF(pr, ENG_OP_REORDER, eng_simd_get()->convert(input, ENG_ACT_F32, p->xin, ENG_ACT_BF16,
+                                                             (int64_t)p->n * 3 * p->h * p->w));
+    else
+        DN(dnnl_memory_set_data_handle(p->root.args[0].memory, (void *)input));
+    if ((rc = run(net, p, &p->root, err, errlen))) goto fail;
+    eng_buf R = {p->bufs[0], net->at}, X0 = {p->bufs[1], net->rt};
+    if (tap) tap_layout(tap, ud, "root_conv", &p->lroot, R);
+    ENG_PROF(pr, ENG_OP_POOL, eng_pool_root(&p->lroot, R, &p->lpool, X0));
+    if (tap) tap_layout(tap, ud, "root_pool", &p->lpool, X0);
     for (int b = 0, i = 0; b < 4; b++) {
         for (int u = 0; u < net->arch.units[b]; u++, i++)
             if ((rc = unit_run(net, p, i, err, errlen))) goto fail;
         static const char *names[] = {"block1", "block2", "block3", "block4"};
-        if (tap) tap_layout(tap, ud, names[b], &p->units[i - 1].out, p->units[i - 1].xo);
+        if (tap) tap_layout(tap, ud, names[b], &p->units[i - 1].out, (eng_buf){p->units[i - 1].xo, net->rt});
     }
-    if (eng_gn_relu_pool(&p->lfinal, p->final_buf, p->feat, net->final.gamma, net->final.beta)) {
-        rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory in GroupNorm");
-        goto fail;
-    }
+    ENG_PROF(pr, ENG_OP_GN_FWD,
+             eng_gn_relu_pool(&p->lfinal, (eng_buf){p->final_buf, net->rt}, p->feat, p->featb,
+                              net->final.gamma, net->final.beta, NULL, NULL, p->gnws));
     if (tap) tap(ud, "prelogits", p->feat, p->n, net->feat, 1, 1);
     if (!net->arch.head) {
         memcpy(logits, p->feat, sizeof(float) * (size_t)p->n * net->feat);
         return 0;
     }
     DN(dnnl_memory_set_data_handle(p->head.args[2].memory, logits));
-    rc = run(p, &p->head, err, errlen);
+    ENG_PROF(pr, ENG_OP_HEAD, rc = eng_dnn_exec(p->stream, &p->head, err, errlen));
 fail:
     return rc;
 }

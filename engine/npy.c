@@ -196,10 +196,21 @@ static int parse_shape(const char *p, eng_tensor *t, char *err, size_t errlen)
     return 0;
 }
 
-int eng_npy_parse(const void *buf, size_t len, eng_tensor **out, char *err, size_t errlen)
+size_t eng_npy_prefix_len(const void *buf, size_t len)
 {
     const unsigned char *b = buf;
-    *out = NULL;
+    if (len < 10 || memcmp(b, "\x93NUMPY", 6) != 0) return 0;
+    if (b[6] == 1) return 10 + (b[8] | (size_t)b[9] << 8);
+    if ((b[6] == 2 || b[6] == 3) && len >= 12)
+        return 12 + (b[8] | (size_t)b[9] << 8 | (size_t)b[10] << 16 | (size_t)b[11] << 24);
+    return 0;
+}
+
+int eng_npy_parse_header(const void *buf, size_t len, eng_tensor *hdr, size_t *data_off,
+                         char *err, size_t errlen)
+{
+    const unsigned char *b = buf;
+    memset(hdr, 0, sizeof *hdr);
     if (len < 10 || memcmp(b, "\x93NUMPY", 6) != 0)
         return eng_errf(err, errlen, ENG_EFORMAT, "not an npy file (bad magic)");
     size_t hlen, hoff;
@@ -215,42 +226,56 @@ int eng_npy_parse(const void *buf, size_t len, eng_tensor **out, char *err, size
     if (!h) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     memcpy(h, b + hoff, hlen);
     h[hlen] = 0;
-    eng_tensor hdr = {0};
     int rc;
     const char *p;
+    size_t bytes;
     if (!(p = find_key(h, "descr")) || !find_key(h, "fortran_order") || !find_key(h, "shape")) {
         rc = eng_errf(err, errlen, ENG_EFORMAT, "npy header lacks descr, fortran_order or shape");
         goto fail;
     }
-    if ((rc = parse_descr(p, &hdr.dtype, &hdr.itemsize, err, errlen)) < 0) goto fail;
+    if ((rc = parse_descr(p, &hdr->dtype, &hdr->itemsize, err, errlen)) < 0) goto fail;
     if (strncmp(find_key(h, "fortran_order"), "False", 5) != 0) {
         rc = eng_errf(err, errlen, ENG_EUNSUPPORTED,
                       "npy: Fortran-order arrays are not supported; save in C order");
         goto fail;
     }
-    if ((rc = parse_shape(find_key(h, "shape"), &hdr, err, errlen)) < 0) goto fail;
-    size_t bytes;
-    if (shape_bytes(hdr.ndim, hdr.shape, hdr.itemsize, &bytes) != 0 || bytes > NPY_MAX_BYTES) {
+    if ((rc = parse_shape(find_key(h, "shape"), hdr, err, errlen)) < 0) goto fail;
+    if (shape_bytes(hdr->ndim, hdr->shape, hdr->itemsize, &bytes) != 0 || bytes > NPY_MAX_BYTES) {
         rc = eng_errf(err, errlen, ENG_ELIMIT, "npy: array size is absurd");
         goto fail;
     }
-    size_t have = len - hoff - hlen;
-    if (have != bytes) {
-        char s[128];
-        eng_shape_str(hdr.ndim, hdr.shape, s, sizeof s);
-        rc = eng_errf(err, errlen, ENG_EFORMAT, "npy: %s data needs %zu bytes, file has %zu%s", s,
-                      bytes, have, have < bytes ? " (truncated)" : " (trailing bytes)");
-        goto fail;
-    }
-    eng_tensor *t = eng_tensor_new(hdr.dtype, hdr.itemsize, hdr.ndim, hdr.shape);
-    if (!t) { rc = eng_errf(err, errlen, ENG_ENOMEM, "npy: out of memory for %zu bytes", bytes); goto fail; }
-    memcpy(t->data, b + hoff + hlen, bytes);
-    free(h);
-    *out = t;
-    return 0;
+    *data_off = hoff + hlen;
+    rc = 0;
 fail:
     free(h);
     return rc;
+}
+
+int eng_npy_check_size(const eng_tensor *hdr, size_t have, char *err, size_t errlen)
+{
+    size_t bytes = eng_tensor_bytes(hdr);
+    if (have == bytes) return 0;
+    char s[128];
+    eng_shape_str(hdr->ndim, hdr->shape, s, sizeof s);
+    return eng_errf(err, errlen, ENG_EFORMAT, "npy: %s data needs %zu bytes, file has %zu%s", s,
+                    bytes, have, have < bytes ? " (truncated)" : " (trailing bytes)");
+}
+
+int eng_npy_parse(const void *buf, size_t len, eng_tensor **out, char *err, size_t errlen)
+{
+    eng_tensor hdr;
+    size_t off;
+    *out = NULL;
+    int rc = eng_npy_parse_header(buf, len, &hdr, &off, err, errlen);
+    if (!rc) rc = eng_npy_check_size(&hdr, len - off, err, errlen);
+    if (rc) return rc;
+    eng_tensor *t = eng_tensor_new(hdr.dtype, hdr.itemsize, hdr.ndim, hdr.shape);
+    if (!t)
+        return eng_errf(err, errlen, ENG_ENOMEM, "npy: out of memory for %zu bytes",
+                        eng_tensor_bytes(&hdr));
+    memcpy(t->data, (const unsigned char *)buf + off, eng_tensor_bytes(t));
+    *out = t;
+    return 0;
 }
 
 int eng_npy_load(const char *path, eng_tensor **out, char *err, size_t errlen)

@@ -40,6 +40,16 @@ int eng_tensor_is_f32(const eng_tensor *t, int ndim, const int64_t *shape);
 /* Element i of a string tensor as UTF-8 (NUL padding dropped), into buf. */
 int eng_tensor_str(const eng_tensor *t, int64_t i, char *buf, size_t len);
 
+/* The header of an .npy image (magic, version, dict) into hdr: dtype, itemsize and shape, data
+ * NULL; *data_off is where the array's bytes start. Every check of eng_npy_parse but the data
+ * size, which eng_npy_check_size makes against the bytes present (have). One parser for the
+ * whole and the header-only reads (checkpoint probes), so the fuzz target covers both. */
+int eng_npy_parse_header(const void *buf, size_t len, eng_tensor *hdr, size_t *data_off,
+                         char *err, size_t errlen);
+int eng_npy_check_size(const eng_tensor *hdr, size_t have, char *err, size_t errlen);
+/* How many leading bytes hold the header (the data offset), from the first 12 bytes (10 for
+ * version 1); 0 when they are not an .npy prefix. */
+size_t eng_npy_prefix_len(const void *buf, size_t len);
 /* Parses a whole .npy image held in memory. */
 int eng_npy_parse(const void *buf, size_t len, eng_tensor **out, char *err, size_t errlen);
 int eng_npy_load(const char *path, eng_tensor **out, char *err, size_t errlen);

@@ -65,43 +65,90 @@ int eng_npz_put(eng_npz *z, const char *name, eng_tensor *t)
     return 0;
 }
 
-/* Reads one entry whose stat size is trusted only as an upper bound to allocate. */
-static int read_entry(zip_t *za, zip_uint64_t idx, const char *ename, uint64_t size,
-                      eng_tensor **out, char *err, size_t errlen)
+static int read_n(zip_file_t *zf, unsigned char *buf, size_t n)
 {
-    unsigned char *buf = malloc(size ? size : 1);
-    if (!buf) return eng_errf(err, errlen, ENG_ENOMEM, "%s: out of memory", ename);
-    int rc;
-    zip_file_t *zf = zip_fopen_index(za, idx, 0);
-    if (!zf) {
-        rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: %s", ename, zip_strerror(za));
-        goto fail;
+    size_t got = 0;
+    while (got < n) {
+        zip_int64_t r = zip_fread(zf, buf + got, n - got);
+        if (r <= 0) return -1;
+        got += (size_t)r;
     }
-    uint64_t got = 0;
-    while (got < size) {
-        zip_int64_t r = zip_fread(zf, buf + got, size - got);
-        if (r <= 0) break;
-        got += (uint64_t)r;
-    }
-    unsigned char extra;
-    zip_int64_t more = got == size ? zip_fread(zf, &extra, 1) : 0;
-    if (got != size || more != 0) {
-        rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: entry is truncated or corrupt (%s)", ename,
-                      zip_file_strerror(zf));
-        zip_fclose(zf);
-        goto fail;
-    }
-    zip_fclose(zf);
+    return 0;
+}
+
+/* The entry's .npy header: a shape-only tensor (data NULL) whose byte size must be what the
+ * zip directory says the entry holds; *zf_out keeps the entry open after the header. */
+static int open_entry(zip_t *za, zip_uint64_t idx, const char *ename, uint64_t size,
+                      eng_tensor *hdr, zip_file_t **zf_out, char *err, size_t errlen)
+{
+    unsigned char pre[12], *buf = NULL;
+    size_t n = size < sizeof pre ? (size_t)size : sizeof pre, off = 0, plen = 0;
+    int rc = ENG_EFORMAT;
     char e2[256];
-    rc = eng_npy_parse(buf, size, out, e2, sizeof e2);
-    if (rc < 0) eng_errf(err, errlen, rc, "%s: %s", ename, e2);
-fail:
+    zip_file_t *zf = zip_fopen_index(za, idx, 0);
+    if (!zf || read_n(zf, pre, n)) goto bad;
+    if (!(plen = eng_npy_prefix_len(pre, n))) { /* the parser says what is wrong with it */
+        rc = eng_npy_parse_header(pre, n, hdr, &off, e2, sizeof e2);
+        eng_errf(err, errlen, rc ? rc : ENG_EFORMAT, "%s: %s", ename, rc ? e2 : "bad .npy header");
+        rc = rc ? rc : ENG_EFORMAT;
+        goto done;
+    }
+    if (plen > size) {
+        rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: npy: truncated header", ename);
+        goto done;
+    }
+    if (plen > (1 << 20) + 12 || !(buf = malloc(plen))) goto bad;
+    memcpy(buf, pre, n);
+    if (read_n(zf, buf + n, plen - n)) goto bad;
+    rc = eng_npy_parse_header(buf, plen, hdr, &off, e2, sizeof e2);
+    if (!rc) rc = eng_npy_check_size(hdr, (size_t)(size - off), e2, sizeof e2);
+    if (rc) eng_errf(err, errlen, rc, "%s: %s", ename, e2);
+    goto done;
+bad:
+    eng_errf(err, errlen, ENG_EFORMAT, "%s: bad or truncated .npy header", ename);
+done:
     free(buf);
+    if (rc && zf) zip_fclose(zf), zf = NULL;
+    *zf_out = zf;
     return rc;
 }
 
-int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
-                 char *err, size_t errlen)
+/* One entry: the header, then the data read straight into the tensor (no second copy); the
+ * stream must end exactly there. headers_only leaves data NULL. */
+static int read_entry(zip_t *za, zip_uint64_t idx, const char *ename, uint64_t size,
+                      int headers_only, eng_tensor **out, char *err, size_t errlen)
+{
+    eng_tensor hdr;
+    zip_file_t *zf = NULL;
+    int rc = open_entry(za, idx, ename, size, &hdr, &zf, err, errlen);
+    if (rc) return rc;
+    eng_tensor *t = headers_only ? calloc(1, sizeof *t)
+                                 : eng_tensor_new(hdr.dtype, hdr.itemsize, hdr.ndim, hdr.shape);
+    if (!t) {
+        zip_fclose(zf);
+        return eng_errf(err, errlen, ENG_ENOMEM, "%s: out of memory for %zu bytes", ename,
+                        eng_tensor_bytes(&hdr));
+    }
+    if (headers_only) {
+        *t = hdr;
+    } else {
+        unsigned char extra;
+        if (read_n(zf, t->data, eng_tensor_bytes(t)) || zip_fread(zf, &extra, 1) != 0) {
+            rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: entry is truncated or corrupt (%s)", ename,
+                          zip_file_strerror(zf));
+            eng_tensor_free(t);
+            t = NULL;
+        }
+    }
+    zip_fclose(zf);
+    *out = t;
+    return rc;
+}
+
+/* headers_only: shapes without data; prefix: only the keys that start with it (the others
+ * are not read at all). */
+static int load(const char *path, const eng_npz_limits *lim, int headers_only, const char *prefix,
+                eng_npz **out, char *err, size_t errlen)
 {
     int64_t max_entries = lim && lim->max_entries ? lim->max_entries : 100000;
     uint64_t max_total = lim && lim->max_total_bytes ? lim->max_total_bytes : (uint64_t)16 << 30;
@@ -134,6 +181,7 @@ int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
         }
         size_t nl = strlen(st.name);
         if (nl == 0 || st.name[nl - 1] == '/') continue; /* directory entries carry no array */
+        if (prefix && strncmp(st.name, prefix, strlen(prefix))) continue;
         if (nl < 5 || strcmp(st.name + nl - 4, ".npy") != 0) {
             rc = eng_errf(err, errlen, ENG_EFORMAT, "%s: entry '%s' is not an .npy array", path,
                           st.name);
@@ -147,8 +195,8 @@ int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
         }
         total += st.size;
         eng_tensor *t;
-        if ((rc = read_entry(za, (zip_uint64_t)i, st.name, st.size, &t, err, errlen)) < 0)
-            goto fail;
+        rc = read_entry(za, (zip_uint64_t)i, st.name, st.size, headers_only, &t, err, errlen);
+        if (rc < 0) goto fail;
         char key[1024];
         snprintf(key, sizeof key, "%.*s", (int)(nl - 4), st.name);
         if (eng_npz_get(z, key)) {
@@ -168,6 +216,24 @@ fail:
     zip_discard(za);
     eng_npz_free(z);
     return rc;
+}
+
+int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
+                 char *err, size_t errlen)
+{
+    return load(path, lim, 0, NULL, out, err, errlen);
+}
+
+int eng_npz_load_headers(const char *path, const eng_npz_limits *lim, eng_npz **out,
+                         char *err, size_t errlen)
+{
+    return load(path, lim, 1, NULL, out, err, errlen);
+}
+
+int eng_npz_load_prefix(const char *path, const char *prefix, const eng_npz_limits *lim,
+                        eng_npz **out, char *err, size_t errlen)
+{
+    return load(path, lim, 0, prefix, out, err, errlen);
 }
 
 /* A libzip source that streams an .npy (header, then the tensor's own bytes), so saving a
@@ -243,6 +309,10 @@ int eng_npz_save(const char *path, const eng_npz *z, int compress, char *err, si
     if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
         return eng_errf(err, errlen, ENG_EINVAL, "%s: path too long", path);
     int zerr = 0, rc;
+    if (z->n == 0) { /* libzip writes nothing for an empty archive: its end record alone */
+        static const unsigned char eocd[22] = {0x50, 0x4b, 0x05, 0x06};
+        return eng_file_write_atomic(path, eocd, sizeof eocd, err, errlen);
+    }
     zip_t *za = zip_open(tmp, ZIP_CREATE | ZIP_TRUNCATE, &zerr);
     if (!za) return eng_errf(err, errlen, ENG_EIO, "%s: cannot create zip (error %d)", tmp, zerr);
     for (int i = 0; i < z->n; i++) {
@@ -253,7 +323,9 @@ int eng_npz_save(const char *path, const eng_npz *z, int compress, char *err, si
         }
     }
     if (zip_close(za) != 0) {
-        rc = eng_errf(err, errlen, ENG_EIO, "%s: %s", tmp, zip_strerror(za));
+        zip_error_t *ze = zip_get_error(za);
+        int sys = zip_error_system_type(ze) == ZIP_ET_SYS ? zip_error_code_system(ze) : 0;
+        rc = eng_errf(err, errlen, eng_errno_code(sys), "%s: %s", tmp, zip_strerror(za));
         zip_discard(za);
         unlink(tmp);
         return rc;

@@ -20,6 +20,14 @@ typedef struct eng_npz_limits {
 } eng_npz_limits;
 int eng_npz_load(const char *path, const eng_npz_limits *lim, eng_npz **out,
                  char *err, size_t errlen);
+/* The same checks as eng_npz_load, reading only each entry's .npy header: tensors have their
+ * dtype and shape but no data (NULL). Cheap enough for probes of multi-gigabyte files. */
+int eng_npz_load_headers(const char *path, const eng_npz_limits *lim, eng_npz **out,
+                         char *err, size_t errlen);
+/* Only the entries whose key starts with prefix, whole (the others are skipped unread): a
+ * few small arrays out of a multi-gigabyte checkpoint. */
+int eng_npz_load_prefix(const char *path, const char *prefix, const eng_npz_limits *lim,
+                        eng_npz **out, char *err, size_t errlen);
 /* Takes ownership of t (also on failure); replaces an existing key. */
 int eng_npz_put(eng_npz *z, const char *name, eng_tensor *t);
 const eng_tensor *eng_npz_get(const eng_npz *z, const char *name);

@@ -54,6 +54,10 @@ static const char *const migrations[] = {
     "CREATE INDEX models_job ON models(job_id);"
     "CREATE INDEX datasets_created ON datasets(created_at);"
     "CREATE INDEX models_created ON models(created_at);",
+    /* 3: deleted datasets, so a later reference to one is told it was deleted rather than
+     * that it never existed (finished jobs lose the link: SET NULL). */
+    ("CREATE TABLE datasets_deleted ("
+     " id TEXT PRIMARY KEY, name TEXT NOT NULL, deleted_at INTEGER NOT NULL);"),
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -65,6 +69,7 @@ int st_err(sqlite3 *db, int src, char *err, size_t errlen)
     switch (src & 0xff) {
     case SQLITE_BUSY: case SQLITE_LOCKED: code = STORE_EBUSY; break;
     case SQLITE_NOMEM: code = ENG_ENOMEM; break;
+    case SQLITE_FULL: code = ENG_ENOSPC; break;
     case SQLITE_CORRUPT: case SQLITE_NOTADB: code = ENG_EFORMAT; break;
     case SQLITE_CONSTRAINT:
         code = src == SQLITE_CONSTRAINT_UNIQUE || src == SQLITE_CONSTRAINT_PRIMARYKEY
@@ -446,4 +451,16 @@ int st_grow(void **v, size_t n, size_t *cap, size_t sz)
     *v = nv;
     *cap = nc;
     return 0;
+}
+
+void store_set_test_hook(store *s, void (*hook)(void *ud, const char *point), void *ud)
+{
+    pthread_mutex_lock(&s->mu);
+    s->hook = hook, s->hook_ud = ud;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void st_hook(store *s, const char *point)
+{
+    if (s->hook) s->hook(s->hook_ud, point);
 }

@@ -53,6 +53,10 @@ void store_close(store *s); /* NULL is fine */
 int store_schema_version(void); /* the user_version this code writes */
 /* PRAGMA integrity_check plus foreign_key_check: 0 only if both are clean. */
 int store_integrity_check(store *s, char *err, size_t errlen);
+/* For crash tests only: hook(ud, point) runs at named points inside transactions (e.g.
+ * "job_create: row inserted", before the status event), so a test can kill the process
+ * there. NULL removes it. */
+void store_set_test_hook(store *s, void (*hook)(void *ud, const char *point), void *ud);
 
 /* A fresh random id "<prefix>_" + 16 hex digits from getrandom(); prefix is "ds", "job"... */
 int store_id_new(const char *prefix, char id[STORE_ID_MAX], char *err, size_t errlen);
@@ -79,8 +83,13 @@ int store_dataset_create(store *s, const store_dataset_new *d, char id[STORE_ID_
 /* NULL status/summary_json and negative bytes leave that column as it is. */
 int store_dataset_update(store *s, const char *id, const char *status, const char *summary_json,
                          int64_t bytes, char *err, size_t errlen);
+/* ENG_ENOTFOUND says when the dataset was deleted if it was ("dataset ds_… ('pets') was
+ * deleted at …"): deletions leave the id and name behind. */
 int store_dataset_get(store *s, const char *id, store_dataset **out, char *err, size_t errlen);
 int store_dataset_list(store *s, store_datasets *out, char *err, size_t errlen); /* newest first */
+/* The datasets called name, newest first (names need not be unique). */
+int store_dataset_list_named(store *s, const char *name, store_datasets *out, char *err,
+                             size_t errlen);
 /* STORE_EINUSE while a validating/queued/running job uses it; finished jobs keep their row
  * with dataset_id NULL. Delete the directory after this succeeds, not before. */
 int store_dataset_delete(store *s, const char *id, char *err, size_t errlen);
@@ -104,9 +113,18 @@ typedef struct store_job_new {
     const char *id; /* NULL: generate "job_..." */
     const char *name, *dataset_id, *base_model; /* base_model: a model's name or id */
     const char *params_json;                    /* the requested hyper-parameters, JSON */
+    const char *resolved_json; /* what validation resolved; NULL: create in `validating` */
+    int64_t total_steps;
 } store_job_new;
 
-/* Creates the job in `validating` and records its first "status" event. */
+/* 0 when no registered model and no unfinished job has this name, else STORE_EEXISTS (what
+ * store_job_create checks in its transaction; asking first only gives an earlier answer). */
+int store_name_free(store *s, const char *name, char *err, size_t errlen);
+/* Creates the job and records its first "status" event, in one transaction: with
+ * resolved_json, straight in `queued` (a crash leaves no job or a complete queued one);
+ * without, in `validating` for the caller to move on. STORE_EEXISTS when the id is taken, or
+ * when name is a registered model's name or that of another unfinished job (one name space:
+ * a job's name becomes its model's name). */
 int store_job_create(store *s, const store_job_new *j, char id[STORE_ID_MAX],
                      char *err, size_t errlen);
 int store_job_get(store *s, const char *id, store_job **out, char *err, size_t errlen);
@@ -134,8 +152,9 @@ int store_job_transition(store *s, const char *id, store_status from, store_stat
  * the result 0 when nothing is queued. Two claimers never get the same job. */
 int store_job_claim_next(store *s, store_job **out, char *err, size_t errlen);
 /* After a crash every `running` job is orphaned: moves each back to queued (or to cancelled
- * if a cancel was pending) with a "requeued after restart" event. Returns how many moved,
- * or a negative code. Call once at startup, before any worker claims. */
+ * if a cancel was pending) with a "requeued after restart" event; a job left in `validating`
+ * (its creation was interrupted) is failed with code "interrupted" and an event saying so.
+ * Returns how many moved, or a negative code. Call once at startup, before any worker claims. */
 int store_recover(store *s, char *err, size_t errlen);
 
 /* A validating or queued job becomes cancelled at once; a running job gets its
@@ -177,6 +196,9 @@ int store_event_add(store *s, const char *job_id, const char *type, int64_t step
 int store_event_list(store *s, const char *job_id, int64_t after_seq, int limit,
                      store_events *out, char *err, size_t errlen);
 void store_events_free(store_events *l);
+/* A number that changes whenever a job event may have been committed, by this process or by
+ * another one on the same file (SQLite's data_version): followers poll it, not the events. */
+uint64_t store_event_stamp(store *s);
 
 /* ---- models ---- */
 typedef struct store_model {
@@ -198,7 +220,9 @@ typedef struct store_model_new {
 int store_model_create(store *s, const store_model_new *m, char id[STORE_ID_MAX],
                        char *err, size_t errlen);
 /* Registers the model the job produced and moves the job running -> succeeded with model_id
- * set, in one transaction: there is never a succeeded job without its model or vice versa. */
+ * set, in one transaction: there is never a succeeded job without its model or vice versa.
+ * STORE_ECONFLICT, nothing changed, when a cancel was requested meanwhile: a cancel that was
+ * accepted is always honoured (the caller then moves the job to cancelled). */
 int store_job_succeed(store *s, const char *job_id, const store_model_new *m,
                       char model_id[STORE_ID_MAX], char *err, size_t errlen);
 int store_model_get(store *s, const char *id, store_model **out, char *err, size_t errlen);

@@ -78,6 +78,22 @@ int store_dataset_update(store *s, const char *id, const char *status, const cha
     return rc < 0 ? rc : 0;
 }
 
+/* ENG_ENOTFOUND, saying when the dataset was deleted if it was (s->mu held). */
+static int not_found(store *s, const char *id, char *err, size_t errlen)
+{
+    sqlite3_stmt *st = NULL;
+    char *name = NULL, when[32];
+    int rc = st_query(s, &st, NULL, 0, "SELECT name, deleted_at FROM datasets_deleted WHERE id = ?", "s", id);
+    if (rc == 0 && st_step(s, st, NULL, 0) == 1 && !st_col_str(st, 0, &name) && name)
+        eng_errf(err, errlen, ENG_ENOTFOUND, "dataset %s ('%s') was deleted at %s", id, name,
+                 store_rfc3339(sqlite3_column_int64(st, 1), when));
+    else
+        eng_errf(err, errlen, ENG_ENOTFOUND, "dataset %s not found", id);
+    free(name);
+    sqlite3_finalize(st);
+    return ENG_ENOTFOUND;
+}
+
 int store_dataset_get(store *s, const char *id, store_dataset **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -89,7 +105,7 @@ int store_dataset_get(store *s, const char *id, store_dataset **out, char *err, 
     int rc = st_query(s, &st, err, errlen, "SELECT " DATASET_COLS " FROM datasets WHERE id = ?",
                       "s", id);
     if (rc == 0) rc = st_step(s, st, err, errlen);
-    if (rc == 0) rc = eng_errf(err, errlen, ENG_ENOTFOUND, "dataset %s not found", id);
+    if (rc == 0) rc = not_found(s, id, err, errlen);
     if (rc == 1 && (rc = dataset_read(st, d))) eng_errf(err, errlen, rc, "out of memory");
     sqlite3_finalize(st);
     pthread_mutex_unlock(&s->mu);
@@ -101,14 +117,17 @@ fail:
     return rc;
 }
 
-int store_dataset_list(store *s, store_datasets *out, char *err, size_t errlen)
+/* Every dataset, or those called name, newest first. */
+static int list(store *s, const char *name, store_datasets *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     sqlite3_stmt *st = NULL;
     size_t cap = 0;
     pthread_mutex_lock(&s->mu);
-    int rc = st_query(s, &st, err, errlen, "SELECT " DATASET_COLS " FROM datasets"
-                      " ORDER BY created_at DESC, rowid DESC", "");
+    int rc = name ? st_query(s, &st, err, errlen, "SELECT " DATASET_COLS " FROM datasets WHERE name = ?"
+                             " ORDER BY created_at DESC, rowid DESC", "s", name)
+                  : st_query(s, &st, err, errlen, "SELECT " DATASET_COLS " FROM datasets"
+                             " ORDER BY created_at DESC, rowid DESC", "");
     while (rc == 0 && (rc = st_step(s, st, err, errlen)) == 1) {
         rc = st_grow((void **)&out->v, out->n, &cap, sizeof *out->v);
         if (rc == 0) rc = dataset_read(st, &out->v[out->n++]);
@@ -120,11 +139,23 @@ int store_dataset_list(store *s, store_datasets *out, char *err, size_t errlen)
     return rc;
 }
 
+int store_dataset_list(store *s, store_datasets *out, char *err, size_t errlen)
+{
+    return list(s, NULL, out, err, errlen);
+}
+
+int store_dataset_list_named(store *s, const char *name, store_datasets *out, char *err,
+                             size_t errlen)
+{
+    if (!name) return eng_errf(err, errlen, ENG_EINVAL, "no dataset name");
+    return list(s, name, out, err, errlen);
+}
+
 static int dataset_delete_locked(store *s, const char *id, char *err, size_t errlen)
 {
     int64_t live = 0;
     int rc = st_int(s, &live, err, errlen, "SELECT 1 FROM datasets WHERE id = ?", "s", id);
-    if (rc == ENG_ENOTFOUND) return eng_errf(err, errlen, rc, "dataset %s not found", id);
+    if (rc == ENG_ENOTFOUND) return not_found(s, id, err, errlen);
     if (rc == 0)
         rc = st_int(s, &live, err, errlen, "SELECT COUNT(*) FROM jobs WHERE dataset_id = ?"
                     " AND status IN " ST_LIVE_SQL, "s", id);
@@ -132,7 +163,9 @@ static int dataset_delete_locked(store *s, const char *id, char *err, size_t err
     if (live)
         return eng_errf(err, errlen, STORE_EINUSE, "dataset %s is used by %lld unfinished job%s",
                         id, (long long)live, live == 1 ? "" : "s");
-    rc = st_run(s, err, errlen, "DELETE FROM datasets WHERE id = ?", "s", id);
+    rc = st_run(s, err, errlen, "INSERT OR REPLACE INTO datasets_deleted (id, name, deleted_at)"
+                " SELECT id, name, ? FROM datasets WHERE id = ?", "Is", store_now_ms(), id);
+    if (rc >= 0) rc = st_run(s, err, errlen, "DELETE FROM datasets WHERE id = ?", "s", id);
     return rc < 0 ? rc : 0;
 }
 

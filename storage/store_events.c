@@ -20,6 +20,7 @@ int st_event_insert(store *s, const char *job_id, const char *type, int64_t step
                     "sIIsNs", job_id, next, now, type, step, data_json);
     if (rc == ENG_ENOTFOUND) return eng_errf(err, errlen, rc, "job %s not found", job_id);
     if (rc < 0) return rc;
+    s->events_added++; /* a rolled-back one only costs a follower one query */
     if (seq) *seq = next;
     return 0;
 }
@@ -38,6 +39,16 @@ int store_event_add(store *s, const char *job_id, const char *type, int64_t step
                                        err, errlen), err, errlen);
     pthread_mutex_unlock(&s->mu);
     return rc;
+}
+
+uint64_t store_event_stamp(store *s)
+{
+    int64_t other = 0;
+    pthread_mutex_lock(&s->mu);
+    st_int(s, &other, NULL, 0, "PRAGMA data_version", "");
+    uint64_t v = s->events_added + (uint64_t)other;
+    pthread_mutex_unlock(&s->mu);
+    return v;
 }
 
 static int event_read(sqlite3_stmt *st, store_event *e)

@@ -15,7 +15,13 @@
 struct store {
     sqlite3 *db;
     pthread_mutex_t mu; /* one transaction at a time on the shared connection */
+    void (*hook)(void *ud, const char *point); /* store_set_test_hook */
+    uint64_t events_added; /* under mu: store_event_stamp's in-process part */
+    void *hook_ud;
 };
+
+/* Runs the test hook, if any, at a named point. */
+void st_hook(store *s, const char *point);
 
 /* Brings db from its user_version up to `target` (<= store_schema_version()) in one
  * transaction. Tests call it to build databases at an older version. */

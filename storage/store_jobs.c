@@ -232,21 +232,45 @@ int store_job_transition(store *s, const char *id, store_status from, store_stat
 
 /* ---- creating and listing ---- */
 
+/* STORE_EEXISTS when name belongs to a model or to another unfinished job. */
+static int name_free(store *s, const char *name, char *err, size_t errlen)
+{
+    int64_t one;
+    int rc = st_int(s, &one, err, errlen, "SELECT 1 FROM models WHERE name = ?1 UNION ALL"
+                    " SELECT 1 FROM jobs WHERE name = ?1 AND status IN " ST_LIVE_SQL, "s", name);
+    if (rc == 0) return eng_errf(err, errlen, STORE_EEXISTS, "the name '%s' is taken by a model "
+                                 "or an unfinished job", name);
+    return rc == ENG_ENOTFOUND ? 0 : rc;
+}
+
+int store_name_free(store *s, const char *name, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = name_free(s, name, err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 static int job_insert(store *s, const store_job_new *j, const char *id, char *err,
                       size_t errlen)
 {
     int64_t now = store_now_ms(), one;
+    store_status first = j->resolved_json ? STORE_QUEUED : STORE_VALIDATING;
     int rc = st_int(s, &one, err, errlen, "SELECT 1 FROM datasets WHERE id = ?", "s",
                     j->dataset_id);
     if (rc == ENG_ENOTFOUND) rc = eng_errf(err, errlen, rc, "dataset %s not found", j->dataset_id);
+    if (rc == 0) rc = name_free(s, j->name, err, errlen);
     if (rc == 0)
         rc = st_run(s, err, errlen,
-                    "INSERT INTO jobs (id, name, dataset_id, base_model, params_json, status,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'validating', ?, ?)",
-                    "sssssII", id, j->name, j->dataset_id, j->base_model, j->params_json,
-                    now, now);
+                    "INSERT INTO jobs (id, name, dataset_id, base_model, params_json,"
+                    " resolved_json, total_steps, status, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "ssssssIsII", id, j->name, j->dataset_id, j->base_model, j->params_json,
+                    j->resolved_json, j->resolved_json ? j->total_steps : 0,
+                    store_status_name(first), now, now);
     if (rc < 0) return rc;
-    return record_status(s, id, STORE_ANY, STORE_VALIDATING, NULL, now, err, errlen);
+    st_hook(s, "job_create: row inserted");
+    return record_status(s, id, STORE_ANY, first, NULL, now, err, errlen);
 }
 
 int store_job_create(store *s, const store_job_new *j, char id[STORE_ID_MAX],
@@ -257,13 +281,14 @@ int store_job_create(store *s, const store_job_new *j, char id[STORE_ID_MAX],
     if (rc == 0) rc = st_text_ok(j->dataset_id, 64, "dataset id", err, errlen);
     if (rc == 0) rc = st_text_ok(j->base_model, 256, "base model", err, errlen);
     if (rc == 0) rc = st_json_ok(j->params_json, 0, "params_json", err, errlen);
+    if (rc == 0) rc = st_json_ok(j->resolved_json, 1, "resolved_json", err, errlen);
     if (rc == 0) rc = st_id_take(j->id, "job", id, err, errlen);
     if (rc) return rc;
     pthread_mutex_lock(&s->mu);
     rc = st_begin(s, err, errlen);
     if (rc == 0) rc = st_end(s, job_insert(s, j, id, err, errlen), err, errlen);
     pthread_mutex_unlock(&s->mu);
-    if (rc == STORE_EEXISTS) eng_errf(err, errlen, rc, "job %s already exists", id);
+    if (rc == STORE_EEXISTS && !strstr(err, "name")) eng_errf(err, errlen, rc, "job %s already exists", id);
     return rc;
 }
 
@@ -371,8 +396,8 @@ static int recover_locked(store *s, char *err, size_t errlen)
     char **ids = NULL;
     int *cancel = NULL, n = 0, cap = 0, rc;
     /* Collect first: updating rows under a live SELECT on the same table is unspecified. */
-    rc = st_query(s, &st, err, errlen, "SELECT id, cancel_requested FROM jobs"
-                  " WHERE status = 'running' ORDER BY seq", "");
+    rc = st_query(s, &st, err, errlen, "SELECT id, cancel_requested, status = 'validating'"
+                  " FROM jobs WHERE status IN ('running', 'validating') ORDER BY seq", "");
     while (rc == 0 && (rc = st_step(s, st, err, errlen)) == 1) {
         rc = 0;
         if (n == cap) {
@@ -383,15 +408,24 @@ static int recover_locked(store *s, char *err, size_t errlen)
             if (nc) cancel = nc;
             if (!ni || !nc) { rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory"); break; }
         }
-        cancel[n] = sqlite3_column_int(st, 1);
+        cancel[n] = sqlite3_column_int(st, 1) | sqlite3_column_int(st, 2) << 1;
         if (st_col_str(st, 0, &ids[n++])) rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     }
     sqlite3_finalize(st);
-    st_extra x = {0};
     for (int i = 0; i < n && rc == 0; i++) {
-        x.note = cancel[i] ? "cancelled after restart" : "requeued after restart";
-        rc = st_transition(s, ids[i], STORE_RUNNING, cancel[i] ? STORE_CANCELLED : STORE_QUEUED,
-                           &x, err, errlen);
+        st_extra x = {0};
+        store_status from = STORE_RUNNING, to = STORE_QUEUED;
+        if (cancel[i] & 2) { /* bit 1: its creation was interrupted */
+            from = STORE_VALIDATING, to = STORE_FAILED;
+            x.error_code = "interrupted";
+            x.error_message = x.note = "the server stopped while the job was being created; "
+                                       "create it again";
+        } else if (cancel[i] & 1) {
+            to = STORE_CANCELLED, x.note = "cancelled after restart";
+        } else {
+            x.note = "requeued after restart";
+        }
+        rc = st_transition(s, ids[i], from, to, &x, err, errlen);
     }
     for (int i = 0; i < n; i++) free(ids[i]);
     free(ids);

@@ -92,7 +92,12 @@ int store_job_succeed(store *s, const char *job_id, const store_model_new *m,
     pthread_mutex_lock(&s->mu);
     int rc = st_begin(s, err, errlen);
     if (rc == 0) {
-        int r = st_model_insert(s, &mj, model_id, err, errlen);
+        int64_t cancel = 0;
+        int r = st_int(s, &cancel, err, errlen, "SELECT cancel_requested FROM jobs WHERE id = ?",
+                       "s", job_id);
+        if (r == 0 && cancel) /* a cancel that landed before success wins: no model */
+            r = eng_errf(err, errlen, STORE_ECONFLICT, "job %s was cancelled", job_id);
+        if (r == 0) r = st_model_insert(s, &mj, model_id, err, errlen);
         if (r == 0) r = st_transition(s, job_id, STORE_RUNNING, STORE_SUCCEEDED, &x, err, errlen);
         rc = st_end(s, r, err, errlen);
     }

@@ -4,6 +4,7 @@
 #define BIT_T_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,52 @@ static int t_passed, t_failed, t_case_bad;
             fprintf(stderr, "  %s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);  \
             fprintf(stderr, __VA_ARGS__);                                              \
             fputc('\n', stderr);                                                       \
+            t_case_bad = 1;                                                            \
+        }                                                                              \
+    } while (0)
+
+/* Comparisons that print both sides on failure, as libuv's ASSERT_EQ: integers (any integer
+ * type, compared as intmax_t), strings (NULL-safe) and floating-point values within tol. */
+/* Integers only: a floating-point operand selects a struct, which cannot be cast to intmax_t
+ * (a compile error, not a silently truncated comparison). */
+struct t_not_an_integer_ { int x; };
+static const struct t_not_an_integer_ t_nai_;
+#define T_INT_(x) _Generic((x), float: t_nai_, double: t_nai_, long double: t_nai_, default: (x))
+#define T_CMP_(a, op, b, stop)                                                         \
+    do {                                                                               \
+        intmax_t t_a_ = (intmax_t)T_INT_(a), t_b_ = (intmax_t)T_INT_(b);              \
+        if (!(t_a_ op t_b_)) {                                                         \
+            fprintf(stderr, "  %s:%d: check failed: %s %s %s (%jd vs %jd)\n", __FILE__, \
+                    __LINE__, #a, #op, #b, t_a_, t_b_);                                \
+            t_case_bad = 1;                                                            \
+            if (stop) return;                                                          \
+        }                                                                              \
+    } while (0)
+#define T_EQ(a, b) T_CMP_(a, ==, b, 0)
+#define T_NE(a, b) T_CMP_(a, !=, b, 0)
+#define T_LT(a, b) T_CMP_(a, <, b, 0)
+#define T_LE(a, b) T_CMP_(a, <=, b, 0)
+#define T_GT(a, b) T_CMP_(a, >, b, 0)
+#define T_GE(a, b) T_CMP_(a, >=, b, 0)
+#define T_REQ_EQ(a, b) T_CMP_(a, ==, b, 1) /* stops the case, as T_REQUIRE */
+
+#define T_STREQ(a, b)                                                                  \
+    do {                                                                               \
+        const char *t_a_ = (a), *t_b_ = (b);                                           \
+        if (!t_a_ || !t_b_ || strcmp(t_a_, t_b_)) {                                    \
+            fprintf(stderr, "  %s:%d: check failed: %s == %s (\"%s\" vs \"%s\")\n",       \
+                    __FILE__, __LINE__, #a, #b, t_a_ ? t_a_ : "(null)",                 \
+                    t_b_ ? t_b_ : "(null)");                                           \
+            t_case_bad = 1;                                                            \
+        }                                                                              \
+    } while (0)
+
+#define T_NEAR(a, b, tol)                                                              \
+    do {                                                                               \
+        double t_a_ = (double)(a), t_b_ = (double)(b), t_t_ = (double)(tol);           \
+        if (!(fabs(t_a_ - t_b_) <= t_t_)) {                                            \
+            fprintf(stderr, "  %s:%d: check failed: %s ~ %s (%.9g vs %.9g, tolerance %g)\n", \
+                    __FILE__, __LINE__, #a, #b, t_a_, t_b_, t_t_);                     \
             t_case_bad = 1;                                                            \
         }                                                                              \
     } while (0)

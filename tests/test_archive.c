@@ -37,13 +37,6 @@ static const char *FMT_NAMES[] = {"ustar", "pax", "gnutar", "zip", "zip-store", 
                                    "zip-encrypted"};
 static const char *FLT_NAMES[] = {"none", "gzip", "xz", "bzip2"};
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static long maxrss_kb(void)
 {
     struct rusage ru;
@@ -288,7 +281,7 @@ static void valid_every_format(void)
             char f[900];
             snprintf(f, sizeof f, "%s/cat/1.jpg", c.dest);
             T_CHECK(stat(f, &st) == 0 && (st.st_mode & 0777) == (0644 & ~um));
-            T_CHECK(arc_remove_tree(c.dir, err, sizeof err) == 0);
+            T_EQ(arc_remove_tree(c.dir, err, sizeof err), 0);
         }
     }
 }
@@ -337,7 +330,7 @@ static void junk_and_hidden_are_skipped(void)
                  "files %llu junk %llu hidden %llu", (unsigned long long)r.files,
                  (unsigned long long)r.skipped_junk, (unsigned long long)r.skipped_hidden);
         T_CHECK(r.bytes == 4 && r.unpacked == 4 + 13 + 11 + 6 + 8 + 6);
-        T_CHECK(dir_entries(c.dest) == 1);
+        T_EQ(dir_entries(c.dest), 1);
         char cat[900];
         snprintf(cat, sizeof cat, "%s/cat", c.dest);
         T_CHECK(dir_entries(cat) == 1 && file_is(c.dest, "cat/1.jpg", "real"));
@@ -391,7 +384,7 @@ static void hostile_names(void)
     T_CHECK(stat("/tmp/abs-evil", &st) != 0);
     char up[800];
     snprintf(up, sizeof up, "%s/evil", t_tmpdir());
-    T_CHECK(stat(up, &st) != 0);
+    T_NE(stat(up, &st), 0);
 }
 
 static void hostile_types(void)
@@ -523,14 +516,14 @@ static void gzip_bomb(void)
 {
     tcase c;
     case_init(&c, "bomb-gzip");
-    double t0 = now();
+    double t0 = (eng_now_ms() / 1e3);
     T_REQUIRE(build_zeros(c.arc, F_PAX, Z_GZIP, "cat/zeros.jpg", 256ull << 20, "1") == 0);
-    double built = now() - t0;
+    double built = (eng_now_ms() / 1e3) - t0;
     long rss0 = maxrss_kb();
-    t0 = now();
+    t0 = (eng_now_ms() / 1e3);
     arc_report r;
     int rc = refuse(&c, &(arc_limits){.max_entry_bytes = 1 << 20}, &r);
-    double took = now() - t0;
+    double took = (eng_now_ms() / 1e3) - t0;
     EXPECT_REFUSED(&c, rc, ENG_ELIMIT, "cat/zeros.jpg");
     T_CHECKF(took < 0.5 && r.unpacked <= 1 << 20, "%.3f s, %llu bytes", took,
              (unsigned long long)r.unpacked);
@@ -578,10 +571,10 @@ static void zip_bomb(void)
     EXPECT_REFUSED(&c, rc, ENG_ELIMIT, "declares");
     /* Headers claiming 1000 bytes: only the count of inflated bytes can stop it. */
     T_REQUIRE(zip_lie(c.arc, 1000) == 0);
-    double t0 = now();
+    double t0 = (eng_now_ms() / 1e3);
     long rss0 = maxrss_kb();
     rc = refuse(&c, &lim, &r);
-    double took = now() - t0;
+    double took = (eng_now_ms() / 1e3) - t0;
     EXPECT_REFUSED(&c, rc, ENG_ELIMIT, "unpacks to more than");
     T_CHECKF(r.unpacked <= 1 << 20 && took < 0.5, "%llu bytes, %.3f s",
              (unsigned long long)r.unpacked, took);
@@ -714,13 +707,13 @@ static void walk_and_remove(void)
     T_CHECK(arc_walk(c.dir, stop_at_second, &calls, err, sizeof err) == -42 && calls == 2);
     T_CHECK(arc_walk("/nonexistent-dir", collect, &s, err, sizeof err) == ENG_ENOTFOUND);
     /* Removing the tree removes the link, not what it points to. */
-    T_CHECK(arc_remove_tree(p, err, sizeof err) == ENG_EINVAL);
+    T_EQ(arc_remove_tree(p, err, sizeof err), ENG_EINVAL);
     T_CHECKF(arc_remove_tree(c.dir, err, sizeof err) == 0, "%s", err);
     struct stat st;
     T_CHECK(stat(c.dir, &st) != 0 && errno == ENOENT);
     snprintf(p, sizeof p, "%s/keep", outside);
     T_CHECK(file_is(outside, "keep", "keep"));
-    T_CHECK(arc_remove_tree(c.dir, err, sizeof err) == 0);
+    T_EQ(arc_remove_tree(c.dir, err, sizeof err), 0);
 }
 
 /* ---- --bench-bomb: child processes, so each peak RSS is the extraction's own ---- */
@@ -728,7 +721,7 @@ static void walk_and_remove(void)
 static void bench_one(const char *label, const char *arc, const char *dest, int piped)
 {
     fflush(stdout);
-    double t0 = now();
+    double t0 = (eng_now_ms() / 1e3);
     pid_t pid = fork();
     if (pid == 0) {
         arc_report r;
@@ -743,7 +736,7 @@ static void bench_one(const char *label, const char *arc, const char *dest, int 
     struct rusage ru;
     wait4(pid, &status, 0, &ru);
     printf("  %-34s wall %.3f s, user %.3f s, sys %.3f s, peak RSS %ld KiB, dest left: %s\n",
-           "", now() - t0, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
+           "", (eng_now_ms() / 1e3) - t0, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6, ru.ru_maxrss,
            access(dest, F_OK) == 0 ? "yes" : "no");
 }
@@ -756,14 +749,14 @@ static int bench_bomb(const char *dir)
     snprintf(dest, sizeof dest, "%s/bomb-out", dir);
     arc_remove_tree(dest, err, sizeof err);
     uint64_t size = 2ull << 30;
-    double t0 = now();
+    double t0 = (eng_now_ms() / 1e3);
     if (build_zeros(tgz, F_PAX, Z_GZIP, "cat/zeros.jpg", size, "9") != 0) return 2;
-    printf("built %s: %ld bytes in %.1f s\n", tgz, file_size(tgz), now() - t0);
-    t0 = now();
+    printf("built %s: %ld bytes in %.1f s\n", tgz, file_size(tgz), (eng_now_ms() / 1e3) - t0);
+    t0 = (eng_now_ms() / 1e3);
     if (build_zeros(zip, F_ZIP, Z_NONE, "cat/zeros.jpg", size, "9") != 0 || zip_lie(zip, 1000))
         return 2;
     printf("built %s: %ld bytes in %.1f s (headers say 1000 bytes)\n", zip, file_size(zip),
-           now() - t0);
+           (eng_now_ms() / 1e3) - t0);
     arc_limits d;
     arc_limits_default(&d);
     printf("default limits: %llu bytes per entry, %llu in all\n",

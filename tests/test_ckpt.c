@@ -72,8 +72,8 @@ static void npy_fixture_and_roundtrip(void)
     T_CHECK(eng_tensor_is_f32(t, 4, shape));
     char path[600];
     snprintf(path, sizeof path, "%s/rt.npy", t_tmpdir());
-    T_CHECK(eng_npy_save(path, t, err, sizeof err) == 0);
-    T_CHECK(eng_npy_load(path, &u, err, sizeof err) == 0);
+    T_EQ(eng_npy_save(path, t, err, sizeof err), 0);
+    T_EQ(eng_npy_load(path, &u, err, sizeof err), 0);
     T_CHECK(u && eng_tensor_is_f32(u, 4, shape) && !memcmp(t->data, u->data, eng_tensor_bytes(t)));
     eng_tensor_free(u);
     u = NULL;
@@ -116,7 +116,20 @@ static void npz_roundtrip(int compress)
     T_CHECK(rb && rb->dtype == ENG_I64 && !memcmp(rb->data, b->data, 56));
     char tmp[700];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    T_CHECK(access(tmp, F_OK) != 0); /* no temporary left behind */
+    T_NE(access(tmp, F_OK), 0); /* no temporary left behind */
+    eng_npz_free(z);
+    eng_npz_free(r);
+}
+
+/* An empty archive (a linear probe's optimizer.npz) saves and loads as empty. */
+static void npz_empty(void)
+{
+    eng_npz *z = eng_npz_new(), *r = NULL;
+    char path[600];
+    snprintf(path, sizeof path, "%s/empty.npz", t_tmpdir());
+    T_REQ_EQ(eng_npz_save(path, z, 0, err, sizeof err), 0);
+    T_REQ_EQ(eng_npz_load(path, NULL, &r, err, sizeof err), 0);
+    T_EQ(r->n, 0);
     eng_npz_free(z);
     eng_npz_free(r);
 }
@@ -135,7 +148,7 @@ static void npz_fixture_model(void)
     T_CHECK(!strcmp(eng_arch_name(&a), "custom"));
     int64_t total = 0;
     for (int i = 0; i < z->n; i++) total += eng_tensor_numel(z->tensors[i]);
-    T_CHECK(total == eng_arch_param_count(&a));
+    T_EQ(total, eng_arch_param_count(&a));
     /* A deflated copy of the same checkpoint loads identically. */
     char path[600];
     snprintf(path, sizeof path, "%s/model_deflated.npz", t_tmpdir());
@@ -201,7 +214,7 @@ static void schema_errors_name_the_key(void)
     int64_t wrong[] = {3, 3, 128, 127};
     eng_npz_put(z, k, eng_tensor_new(ENG_F32, 0, 4, wrong));
     eng_arch a;
-    T_CHECK(eng_arch_from_npz(z, &a, err, sizeof err) == ENG_EFORMAT);
+    T_EQ(eng_arch_from_npz(z, &a, err, sizeof err), ENG_EFORMAT);
     T_CHECKF(strstr(err, k) && strstr(err, "[3, 3, 128, 128]"), "%s", err);
     eng_npz_free(z);
     z = eng_npz_new();
@@ -222,7 +235,7 @@ static void released_architectures(void)
     T_CHECKF(g > 8.0 && g < 8.5 + 2 * 2048.0 * 21843 / 1e9, "%.3f", g);
     const char *names[] = {"R50x3", "R101x1", "R101x3", "R152x2", "R152x4"};
     for (int i = 0; i < 5; i++) {
-        T_CHECK(eng_arch_by_name(names[i], 1000, &a, err, sizeof err) == 0);
+        T_EQ(eng_arch_by_name(names[i], 1000, &a, err, sizeof err), 0);
         T_CHECK(!strcmp(eng_arch_name(&a), names[i]));
     }
     T_CHECK(eng_arch_by_name("R18", 10, &a, err, sizeof err) < 0);
@@ -258,5 +271,6 @@ int main(void)
     T_RUN(schema_errors_name_the_key);
     T_RUN(released_architectures);
     T_RUN(init_and_save_roundtrip);
+    T_RUN(npz_empty);
     return t_done();
 }

@@ -16,26 +16,14 @@
 #include "net.h"
 #include "preproc.h"
 #include "t.h"
+#include "tdata.h"
 #include "thttp.h"
 #include "timg.h"
+#include "tserve.h"
 
 static char err[512];
 
-typedef struct server {
-    pid_t pid;
-    int port;
-    char dir[512], log[600];
-} server;
-
-/* Servers still running when a case stops early are killed at exit, never left behind. */
-static pid_t live[64];
-static int nlive;
-
-static void kill_live(void)
-{
-    for (int i = 0; i < nlive; i++)
-        if (live[i] > 0) kill(live[i], SIGKILL);
-}
+typedef ts_server server;
 
 static void put_file(const char *path, const char *text)
 {
@@ -60,60 +48,21 @@ static void models_dir(const char *dir)
     put_file(p, "{\"resolution\": 64}\n");
 }
 
-static int wait_port(server *s)
-{
-    for (int i = 0; i < 400; i++) { /* the port appears in the "listening" log line */
-        usleep(25000);
-        FILE *f = fopen(s->log, "r");
-        char line[1024];
-        while (f && fgets(line, sizeof line, f)) {
-            char *u = strstr(line, "\"url\":\"http://127.0.0.1:");
-            if (u) s->port = atoi(u + strlen("\"url\":\"http://127.0.0.1:"));
-        }
-        if (f) fclose(f);
-        if (s->port) return 0;
-    }
-    fprintf(stderr, "  server did not start (see %s)\n", s->log);
-    return -1;
-}
-
-/* Starts `bit serve` on an ephemeral port with its data under t_tmpdir()/name. */
+/* Starts `bit serve` on an ephemeral port with its data under t_tmpdir()/name, in f32 (the
+ * references below are f32 runs of the engine; extra may say otherwise). */
 static int server_start(server *s, const char *name, const char *const *extra)
 {
-    const char *bin = getenv("BIT_BIN");
-    memset(s, 0, sizeof *s);
-    snprintf(s->dir, sizeof s->dir, "%s/%s", t_tmpdir(), name);
-    snprintf(s->log, sizeof s->log, "%s/serve.log", s->dir);
-    mkdir(s->dir, 0755);
-    models_dir(s->dir);
-    char models[600], data[600];
-    snprintf(models, sizeof models, "%s/models", s->dir);
-    snprintf(data, sizeof data, "%s/var", s->dir);
-    const char *argv[40] = {bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
-                            "--models-dir", models, "--train-threads", "1", "--infer-threads", "1"};
-    int n = 12;
-    for (int i = 0; extra && extra[i] && n < 39; i++) argv[n++] = extra[i];
-    unlink(s->log);
-    s->pid = fork();
-    if (s->pid == 0) {
-        int fd = open(s->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    if (nlive < 64) live[nlive++] = s->pid;
-    return wait_port(s);
+    char dir[600];
+    const char *args[40] = {"--http-threads", "8", "--infer-threads", "1", "--precision", "f32"};
+    int n = 6;
+    snprintf(dir, sizeof dir, "%s/%s", t_tmpdir(), name);
+    mkdir(dir, 0755);
+    models_dir(dir);
+    for (int i = 0; extra && extra[i] && n < 39; i++) args[n++] = extra[i];
+    return ts_start(s, getenv("BIT_BIN"), dir, NULL, NULL, args);
 }
 
-static int server_stop(server *s)
-{
-    int st = 0;
-    kill(s->pid, SIGTERM);
-    waitpid(s->pid, &st, 0);
-    for (int i = 0; i < nlive; i++)
-        if (live[i] == s->pid) live[i] = 0;
-    return st;
-}
+static int server_stop(server *s) { return ts_stop(s, SIGTERM); }
 
 /* Request returning parsed JSON (NULL if the body is not JSON); status into *status. */
 static json_t *call(const server *s, const char *method, const char *path, const char *hdr,
@@ -150,16 +99,18 @@ typedef struct ref {
     float prob[16];
 } ref;
 
-static int reference(const char *model, const char *image, int res, int topk, ref *out)
+static int reference_in(eng_precision prec, const char *model, const char *image, int res, int topk,
+                        ref *out)
 {
     eng_npz *z = NULL;
     eng_arch a;
     eng_net *net = NULL;
+    eng_net_opts o = {.precision = prec};
     img_rgb8 *img = NULL;
     float *x = malloc(sizeof(float) * 3 * (size_t)res * res), logits[64];
     int rc = eng_npz_load(model, NULL, &z, err, sizeof err);
     if (!rc) rc = eng_arch_from_npz(z, &a, err, sizeof err);
-    if (!rc) rc = eng_net_new(z, &a, NULL, &net, err, sizeof err);
+    if (!rc) rc = eng_net_new(z, &a, &o, &net, err, sizeof err);
     if (!rc) rc = img_load_file(image, NULL, res, &img, err, sizeof err);
     if (!rc) rc = pre_eval(img, res, x, err, sizeof err);
     if (!rc) rc = eng_net_forward(net, x, 1, res, res, logits, NULL, NULL, err, sizeof err);
@@ -170,6 +121,11 @@ static int reference(const char *model, const char *image, int res, int topk, re
     img_rgb8_free(img);
     free(x);
     return rc;
+}
+
+static int reference(const char *model, const char *image, int res, int topk, ref *out)
+{
+    return reference_in(ENG_PREC_F32, model, image, res, topk, out);
 }
 
 static int close_rel(double a, double b) { return fabs(a - b) <= 1e-5 * fmax(fabs(a), fabs(b)) + 1e-12; }
@@ -211,6 +167,43 @@ static json_t *classify_file(const server *s, const char *model, const char *que
 
 /* ---------------------------------------------------------------- cases */
 
+/* bit serve classifies in its --precision (the flag beating BIT_PRECISION): /readyz and
+ * /metrics say which, and the scores are the engine's in that precision. */
+static void serves_in_its_precision(void)
+{
+    eng_precision precs[] = {ENG_PREC_F32, ENG_PREC_BF16};
+    int have_bf16 = eng_precision_resolve(ENG_PREC_AUTO) == ENG_PREC_BF16;
+    setenv("BIT_PRECISION", "bf16", 1);
+    for (int i = 0; i < 1 + have_bf16; i++) {
+        const char *name = eng_precision_name(precs[i]), *extra[] = {"--precision", name, NULL};
+        char dir[32], want[96];
+        server s;
+        snprintf(dir, sizeof dir, "prec-%s", name);
+        T_REQUIRE(server_start(&s, dir, extra) == 0);
+        int st;
+        json_t *j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
+        T_CHECKF(st == 200 && str(j, "precision") && !strcmp(str(j, "precision"), name) &&
+                 str(j, "isa") && !strcmp(str(j, "isa"), eng_cpu_isa()), "readyz precision %s",
+                 str(j, "precision"));
+        json_decref(j);
+        th_resp r;
+        snprintf(want, sizeof want, "\nbit_inference_precision{precision=\"%s\",isa=\"%s\"} 1\n", name,
+                 eng_cpu_isa());
+        T_REQUIRE(th_request(s.port, "GET", "/metrics", NULL, NULL, 0, &r) == 0);
+        T_CHECKF(strstr(r.body, want), "/metrics lacks %s", want);
+        th_free(&r);
+        ref rj;
+        const char *jpg = t_fixture("img_rgb160.jpg");
+        T_REQUIRE(reference_in(precs[i], t_fixture("model.npz"), jpg, 128, 5, &rj) == 0);
+        j = classify_file(&s, "tiny", NULL, "image/jpeg", jpg, &st);
+        T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &rj, 1));
+        json_decref(j);
+        T_CHECK(server_stop(&s) == 0);
+    }
+    unsetenv("BIT_PRECISION");
+    if (!have_bf16) printf("(oneDNN's ISA here is %s, without bf16: bf16 serving skipped)\n", eng_cpu_isa());
+}
+
 static void raw_bodies(void)
 {
     server s;
@@ -238,7 +231,7 @@ static void raw_bodies(void)
     j = classify_file(&s, "tiny", "?top_k=1000", "image/jpeg", jpg, &st); /* all ten, best first */
     T_CHECK(st == 200 && json_array_size(json_object_get(j, "predictions")) == 10);
     json_decref(j);
-    T_CHECK(server_stop(&s) == 0); /* exit 0: clean shutdown, no leak under ASan */
+    T_EQ(server_stop(&s), 0); /* exit 0: clean shutdown, no leak under ASan */
 }
 
 static void multipart_images(void)
@@ -271,7 +264,7 @@ static void multipart_images(void)
     T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &rp, 1));
     json_decref(j);
     free(body), free(bj), free(bp);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 static int expect(const server *s, const char *path, const char *hdr, const void *body,
@@ -301,7 +294,9 @@ static void error_statuses(void)
     T_CHECK(expect(&s, "/v1/models/tiny.npz/classify", jt, jpg, lj, 404, "not_found")); /* a name, not a file */
     T_CHECK(expect(&s, u, "Content-Type: text/plain\r\n", "hello", 5, 415, "unsupported_media_type"));
     T_CHECK(expect(&s, u, "Content-Type: application/octet-stream\r\n", "GIF89a\1\0\1\0", 10, 415, NULL));
-    T_CHECK(expect(&s, u, "Content-Type: image/png\r\n", "definitely not a png", 20, 422, "invalid_image"));
+    /* the bytes decide, not the declared type: no image at all is 415, a broken one 422 */
+    T_CHECK(expect(&s, u, "Content-Type: image/png\r\n", "definitely not a png", 20, 415, "unsupported_media_type"));
+    T_CHECK(expect(&s, "/v1/models/tiny/classify?topk=3", jt, jpg, lj, 400, "invalid_parameter"));
     T_CHECK(expect(&s, u, jt, jpg, lj / 2, 422, "invalid_image")); /* truncated: the decoder's reason */
     T_CHECK(expect(&s, u, jt, NULL, 0, 400, NULL));
     T_CHECK(expect(&s, "/v1/models/tiny/classify?top_k=0", jt, jpg, lj, 400, "invalid_parameter"));
@@ -318,7 +313,59 @@ static void error_statuses(void)
     body = th_multipart(three, 3, &blen, ctype, sizeof ctype); /* more than the queue holds */
     T_CHECK(expect(&s, u, ctype, body, blen, 413, "too_large"));
     free(body), free(big), free(huge), free(jpg);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
+}
+
+
+/* One status per input however it comes (raw body or multipart part), and a multipart
+ * request answers per image: a bad image gets an error in its result unless all are bad. */
+static void per_image_results(void)
+{
+    server s;
+    T_REQUIRE(server_start(&s, "perimage", NULL) == 0);
+    const char *u = "/v1/models/tiny/classify", *text = "just some notes, not an image\n";
+    size_t lj, blen;
+    char *jpg = slurp(t_fixture("img_rgb160.jpg"), &lj), ctype[256];
+    ref rj;
+    T_REQUIRE(reference(t_fixture("model.npz"), t_fixture("img_rgb160.jpg"), 128, 5, &rj) == 0);
+    struct { const char *what; const void *data; size_t len; int status; const char *code; } in[] = {
+        {"text", text, strlen(text), 415, "unsupported_media_type"},
+        {"truncated jpeg", jpg, lj / 2, 422, "invalid_image"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        int st1, st2;
+        json_t *raw = call(&s, "POST", u, "Content-Type: application/octet-stream\r\n", in[i].data, in[i].len, &st1);
+        th_part one[] = {{"image", "x.bin", in[i].data, in[i].len}};
+        char *body = th_multipart(one, 1, &blen, ctype, sizeof ctype);
+        json_t *part = call(&s, "POST", u, ctype, body, blen, &st2);
+        const char *m1 = str(json_object_get(raw, "error"), "message"), *m2 = str(json_object_get(part, "error"), "message");
+        T_CHECKF(st1 == in[i].status && st2 == in[i].status && !strcmp(err_code(raw), in[i].code) &&
+                 !strcmp(err_code(part), in[i].code) && m1 && m2 && !strcmp(m1, m2),
+                 "%s: raw %d %s, multipart %d %s", in[i].what, st1, m1, st2, m2);
+        json_decref(raw), json_decref(part), free(body);
+    }
+    int st;
+    json_t *j = call(&s, "POST", u, "Content-Type: image/jpeg\r\n", text, strlen(text), &st);
+    T_CHECKF(st == 415 && strstr(str(json_object_get(j, "error"), "message"), "starting \"just som\""), "%d", st);
+    json_decref(j);
+    th_part mixed[] = {{"image", "good.jpg", jpg, lj}, {"image", "notes.txt", text, strlen(text)},
+                       {"image", "half.jpg", jpg, lj / 2}};
+    char *body = th_multipart(mixed, 3, &blen, ctype, sizeof ctype);
+    j = call(&s, "POST", u, ctype, body, blen, &st);
+    json_t *res = json_object_get(j, "results");
+    T_CHECKF(st == 200 && json_array_size(res) == 3, "status %d", st);
+    T_CHECK(same_predictions(json_object_get(json_array_get(res, 0), "predictions"), &rj, 1));
+    json_t *e1 = json_object_get(json_array_get(res, 1), "error"), *e2 = json_object_get(json_array_get(res, 2), "error");
+    T_CHECK(e1 && !strcmp(str(e1, "code"), "unsupported_media_type") && str(e1, "message") &&
+            !json_object_get(json_array_get(res, 1), "predictions"));
+    T_CHECK(e2 && !strcmp(str(e2, "code"), "invalid_image") && !strcmp(str(json_array_get(res, 2), "filename"), "half.jpg"));
+    json_decref(j), free(body);
+    body = th_multipart(mixed + 1, 2, &blen, ctype, sizeof ctype); /* every image bad */
+    j = call(&s, "POST", u, ctype, body, blen, &st);
+    T_CHECKF(st == 415 && strstr(str(json_object_get(j, "error"), "message"), "none of the 2 images") &&
+             strstr(str(json_object_get(j, "error"), "message"), "notes.txt"), "status %d", st);
+    json_decref(j), free(body), free(jpg);
+    T_EQ(server_stop(&s), 0);
 }
 
 typedef struct shot {
@@ -366,7 +413,7 @@ static void queue_full(void)
     server s;
     const char *extra[] = {"--infer-queue", "1", NULL};
     T_REQUIRE(server_start(&s, "busy", extra) == 0);
-    char p[700];
+    char p[1200];
     snprintf(p, sizeof p, "%s/models/slow.npz", s.dir);
     symlink(t_fixture("model.npz"), p);
     snprintf(p, sizeof p, "%s/models/slow.json", s.dir);
@@ -392,7 +439,7 @@ static void queue_full(void)
     T_CHECK(a.status == 200 && b.status == 200);
     json_decref(a.j), json_decref(b.j);
     T_CHECK(metric(&s, "bit_inference_rejected_total") == 1);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 static int status_of(const server *s, const char *method, const char *path, const char *hdr,
@@ -434,7 +481,23 @@ static void auth(void)
     T_CHECK(st == 200 && json_array_size(json_object_get(j, "predictions")) == 5);
     json_decref(j);
     free(jpg);
-    T_CHECK(server_stop(&s) == 0);
+    /* bit jobs sends BIT_API_TOKEN, and says to set it when the server wants one */
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "env -u BIT_API_TOKEN %s jobs --url http://127.0.0.1:%d >%s/jobs.out 2>&1",
+             getenv("BIT_BIN"), s.port, t_tmpdir());
+    int rc = system(cmd);
+    size_t len;
+    snprintf(hdr, sizeof hdr, "%s/jobs.out", t_tmpdir());
+    char *out = slurp(hdr, &len);
+    T_CHECKF(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && out && strstr(out, "set BIT_API_TOKEN"), "%s", out ? out : "");
+    free(out);
+    snprintf(cmd, sizeof cmd, "BIT_API_TOKEN=s3cret-token-for-the-tests-0123456789 BIT_URL=http://127.0.0.1:%d "
+             "%s jobs >%s/jobs.out 2>&1", s.port, getenv("BIT_BIN"), t_tmpdir());
+    rc = system(cmd);
+    out = slurp(hdr, &len);
+    T_CHECKF(WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && out && strstr(out, "(no jobs)"), "%s", out ? out : "");
+    free(out);
+    T_EQ(server_stop(&s), 0);
 }
 
 static json_t *find_model(json_t *list, const char *id)
@@ -472,6 +535,8 @@ static void check_base_listing(const server *s)
     T_CHECK(json_integer_value(json_object_get(a, "resolution")) == 128 &&
             json_integer_value(json_object_get(a, "bytes")) == sa.st_size);
     T_CHECK(json_is_false(json_object_get(a, "loaded")) && json_is_null(json_object_get(a, "job")));
+    /* a copied-in model without labels says what to do about it */
+    T_CHECK(json_is_null(json_object_get(a, "note")) && str(b, "note") && strstr(str(b, "note"), "tiny2.labels.txt"));
     T_CHECK(json_integer_value(json_object_get(b, "num_classes")) == 7 &&
             json_is_null(json_object_get(b, "classes")) &&
             json_integer_value(json_object_get(b, "resolution")) == 64 &&
@@ -507,7 +572,7 @@ static void registry(void)
     j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
     T_CHECK(st == 200 && json_integer_value(json_object_get(j, "models_checked")) == 2);
     json_decref(j);
-    char bad[700];
+    char bad[1200];
     snprintf(bad, sizeof bad, "%s/models/broken.npz", s.dir);
     put_file(bad, "PK\3\4 this is no zip");
     j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
@@ -519,7 +584,7 @@ static void registry(void)
     json_decref(j);
     unlink(bad);
     T_CHECK(status_of(&s, "GET", "/readyz", NULL, NULL) == 200);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 /* Two models, a budget that holds only one of them: each request still succeeds. */
@@ -542,7 +607,7 @@ static void lru_eviction(void)
     }
     T_CHECK(metric(&s, "bit_models_loaded") == 1 && metric(&s, "bit_model_evictions_total") == 4);
     T_CHECK(metric(&s, "bit_model_cache_bytes") == 2017578.0 * 4 && metric(&s, "bit_model_loads_total") == 5);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 /* 32 clients at once on one model get what one client alone gets, and share passes. */
@@ -572,28 +637,17 @@ static void concurrent_clients(void)
     T_CHECKF(ok == 32, "%d of 32 answers right", ok);
     double images = metric(&s, "bit_inference_batch_size_sum"), passes = metric(&s, "bit_inference_batch_size_count");
     T_CHECKF(images == 33 && passes < images, "%g images in %g passes", images, passes);
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 /* ---------------------------------------------------------------- fine-tuned models */
 
-/* A 3-class tensor dataset (.npz) whose classes differ in one colour channel. */
+/* A tensor dataset (.npz, tests/tdata.h) of n images, one class per colour channel. */
 static const char *tensor_dataset(int n, int classes)
 {
     static char path[600];
     snprintf(path, sizeof path, "%s/data-%d-%d.npz", t_tmpdir(), n, classes);
-    int64_t xs[] = {n, 3, 32, 32}, ys[] = {n};
-    eng_tensor *x = eng_tensor_new(ENG_F32, 0, 4, xs), *y = eng_tensor_new(ENG_I64, 0, 1, ys);
-    for (int i = 0; i < n; i++) {
-        ((int64_t *)y->data)[i] = i % classes;
-        for (int k = 0; k < 3 * 1024; k++)
-            ((float *)x->data)[(size_t)i * 3 * 1024 + k] = (float)((k * 7 + i * 13) % 17) / 40.0f - 0.2f +
-                                                           (k / 1024 == i % classes ? 0.5f : 0.0f);
-    }
-    eng_npz *z = eng_npz_new();
-    eng_npz_put(z, "x", x), eng_npz_put(z, "y", y);
-    eng_npz_save(path, z, 0, err, sizeof err);
-    eng_npz_free(z);
+    td_colours_npz(path, n, classes);
     return path;
 }
 
@@ -653,8 +707,27 @@ static void check_fine_tuned(const server *s, const char *job, char *path, size_
     void *file = slurp(path, &len);
     T_REQUIRE(th_request(s->port, "GET", "/v1/models/colors/download", NULL, NULL, 0, &r) == 0);
     T_CHECK(r.status == 200 && len > 0 && r.body_len == len && !memcmp(r.body, file, len));
+    /* the download carries the class names and resolution: a copy among the base models
+     * (another server's, say) lists and classifies with them */
+    char copy[1200];
+    snprintf(copy, sizeof copy, "%s/models/colors-copy.npz", s->dir);
+    FILE *f = fopen(copy, "wb");
+    T_REQUIRE(f && fwrite(r.body, 1, r.body_len, f) == r.body_len);
+    fclose(f);
     th_free(&r);
     free(file);
+    json_t *orig = call(s, "GET", "/v1/models/colors", NULL, NULL, 0, &st);
+    json_t *cp = call(s, "GET", "/v1/models/colors-copy", NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && !strcmp(str(cp, "kind"), "base") &&
+            json_equal(json_object_get(cp, "classes"), json_object_get(orig, "classes")) &&
+            json_array_size(json_object_get(cp, "classes")) == 3 && json_is_null(json_object_get(cp, "note")) &&
+            json_integer_value(json_object_get(cp, "resolution")) == json_integer_value(json_object_get(orig, "resolution")));
+    json_decref(orig), json_decref(cp);
+    json_t *a = classify_file(s, "colors", NULL, "image/png", t_fixture("img_graphic64x48.png"), &st);
+    json_t *b = classify_file(s, "colors-copy", NULL, "image/png", t_fixture("img_graphic64x48.png"), &st);
+    T_CHECK(st == 200 && json_equal(json_object_get(a, "predictions"), json_object_get(b, "predictions")));
+    json_decref(a), json_decref(b);
+    unlink(copy);
 }
 
 /* A job makes "colors"; a second job trains on it (and meanwhile classification works and
@@ -664,7 +737,7 @@ static void fine_tuned_lifecycle(void)
     server s;
     T_REQUIRE(server_start(&s, "finetuned", NULL) == 0);
     size_t len;
-    char ds[64], job[64], job2[64], path[700], mpath[128];
+    char ds[64], job[64], job2[64], path[1200], mpath[128];
     void *data = slurp(tensor_dataset(30, 3), &len);
     int st = post_id(&s, "/v1/datasets?format=npz", "Content-Type: application/octet-stream\r\n", data, len, ds, sizeof ds);
     free(data);
@@ -695,19 +768,20 @@ static void fine_tuned_lifecycle(void)
     T_CHECK(status_of(&s, "POST", mpath, NULL, NULL) == 200);
     json_decref(wait_job(&s, job2, "cancelled", 60));
     T_CHECK(status_of(&s, "DELETE", "/v1/models/colors", NULL, NULL) == 200);
-    T_CHECK(access(path, F_OK) != 0);
+    T_NE(access(path, F_OK), 0);
     T_CHECK(status_of(&s, "GET", "/v1/models/colors", NULL, NULL) == 404);
     T_CHECK(expect(&s, "/v1/models/colors/classify", "Content-Type: image/jpeg\r\n", "x", 1, 404, NULL));
-    T_CHECK(server_stop(&s) == 0);
+    T_EQ(server_stop(&s), 0);
 }
 
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    atexit(kill_live);
     T_RUN(raw_bodies);
+    T_RUN(serves_in_its_precision);
     T_RUN(multipart_images);
     T_RUN(error_statuses);
+    T_RUN(per_image_results);
     T_RUN(queue_full);
     T_RUN(auth);
     T_RUN(registry);

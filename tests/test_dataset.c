@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -154,13 +155,6 @@ static int exists(const char *p)
     return lstat(p, &st) == 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static ds_dataset *open_ok(const char *path, const ds_opts *o)
 {
     ds_dataset *d = NULL;
@@ -247,11 +241,11 @@ static void class_folders(void)
     T_REQUIRE(d);
     const char *names[16];
     int nc = sorted_classes(&t, names);
-    T_CHECK(ds_num_classes(d) == nc);
+    T_EQ(ds_num_classes(d), nc);
     for (int c = 0; c < nc && c < ds_num_classes(d); c++)
         T_CHECKF(!strcmp(ds_class_name(d, c), names[c]), "class %d is %s", c, ds_class_name(d, c));
     T_CHECK(ds_class_name(d, nc) == NULL && ds_label(d, DS_TRAIN, -1) == -1);
-    T_CHECK(check_examples(&t, d, NULL) == t.n);
+    T_EQ(check_examples(&t, d, NULL), t.n);
     json_t *s = ds_summary(d);
     if (getenv("DS_TEST_VERBOSE")) {
         char *txt = json_dumps(s, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -294,7 +288,7 @@ static void train_val_layout(void)
     T_REQUIRE(d);
     const char *names[16];
     int nc = sorted_classes(&t, names);
-    T_CHECK(ds_num_classes(d) == nc);
+    T_EQ(ds_num_classes(d), nc);
     T_CHECK(check_examples(&t, d, "val/") == t.n);
     int64_t nval = 0;
     for (int i = 0; i < t.n; i++) nval += !strncmp(t.r[i].rel, "val/", 4);
@@ -310,8 +304,8 @@ static void train_val_layout(void)
     add_class(&t, "train/", "b", 10, 0);
     put_text(t.dir, "val/a/notes.txt", "no image");
     T_REQUIRE((d = open_ok(t.dir, NULL)) != NULL);
-    T_CHECK(ds_size(d, DS_VAL) == 2 * (int64_t)floor(0.1 * 10 + 0.5));
-    T_CHECK(check_examples(&t, d, NULL) == t.n);
+    T_EQ(ds_size(d, DS_VAL), 2 * (int64_t)floor(0.1 * 10 + 0.5));
+    T_EQ(check_examples(&t, d, NULL), t.n);
     ds_free(d);
 }
 
@@ -325,7 +319,7 @@ static void train_as_class(void)
     ds_dataset *d = open_ok(t.dir, NULL);
     T_REQUIRE(d);
     T_CHECK(ds_num_classes(d) == 2 && !strcmp(ds_class_name(d, 1), "train"));
-    T_CHECK(check_examples(&t, d, NULL) == t.n);
+    T_EQ(check_examples(&t, d, NULL), t.n);
     ds_free(d);
 }
 
@@ -336,7 +330,7 @@ static void expect_error(const char *dir, int code, const char *needle)
     int rc = ds_open(dir, NULL, &d, err, sizeof err);
     T_CHECKF(rc == code, "%s: rc %d (want %d): %s", dir, rc, code, err);
     T_CHECKF(strstr(err, needle) != NULL, "error '%s' lacks '%s'", err, needle);
-    T_CHECK(d == NULL);
+    T_EQ(d, NULL);
     if (getenv("DS_TEST_VERBOSE")) printf("     refused: %s\n", err);
     ds_free(d);
 }
@@ -411,7 +405,7 @@ static void check_stratified(const tree *t, const ds_dataset *d, double frac)
         if (want > HOLD_N[c] - 1) want = HOLD_N[c] - 1;
         T_CHECKF(count_label(d, DS_VAL, c) == want, "class %s: %lld held out of %d at %.2f, want %lld",
                  HOLD_CLS[c], (long long)count_label(d, DS_VAL, c), HOLD_N[c], frac, (long long)want);
-        T_CHECK(count_label(d, DS_TRAIN, c) == HOLD_N[c] - want);
+        T_EQ(count_label(d, DS_TRAIN, c), HOLD_N[c] - want);
     }
 }
 
@@ -449,7 +443,7 @@ static void few_shot(void)
     T_CHECK(same_split(a, b) && ds_fingerprint(a) == ds_fingerprint(b));
     T_CHECK(!same_split(a, c));
     /* K draws from what the hold-out left: validation does not depend on K. */
-    T_CHECK(ds_size(a, DS_VAL) == ds_size(f, DS_VAL));
+    T_EQ(ds_size(a, DS_VAL), ds_size(f, DS_VAL));
     for (int64_t i = 0; i < ds_size(a, DS_VAL) && i < ds_size(f, DS_VAL); i++)
         T_CHECK(!strcmp(ds_example_name(a, DS_VAL, i), ds_example_name(f, DS_VAL, i)));
     for (int64_t i = 0; i < ds_size(a, DS_TRAIN); i++) { /* a subset of the full training split */
@@ -528,7 +522,7 @@ static void archives(void)
             json_t *s = summary_sans_root(d, prefixes[p]);
             T_CHECKF(json_equal(s, s0), "%s%s: summary differs from the directory's", prefixes[p], ext[k]);
             T_CHECKF(ds_fingerprint(d) == ds_fingerprint(d0), "%s%s: fingerprint", prefixes[p], ext[k]);
-            T_CHECK(dir_empty(tmp) == 0); /* unpacked there while open */
+            T_EQ(dir_empty(tmp), 0); /* unpacked there while open */
             json_decref(s);
             ds_free(d);
             T_CHECKF(dir_empty(tmp) == 1, "%s%s: unpacked files left after ds_free", prefixes[p], ext[k]);
@@ -624,7 +618,7 @@ static void limits(void)
     T_REQUIRE(d);
     json_t *s = ds_summary(d);
     T_CHECK(skipped(s, "undecodable") == 1 && bad_listed(s, "b/huge.jpg"));
-    T_CHECK(check_examples(&t, d, NULL) == t.n);
+    T_EQ(check_examples(&t, d, NULL), t.n);
     json_decref(s);
     ds_free(d);
     char old[700], path[800];
@@ -634,7 +628,7 @@ static void limits(void)
     ds_opts small = {.arc = {.max_entries = 2}};
     err[0] = 0;
     T_CHECKF(ds_open(path, &small, &d, err, sizeof err) == ENG_ELIMIT && !d, "%s", err);
-    T_CHECK(dir_empty(tmp) == 1);
+    T_EQ(dir_empty(tmp), 1);
     restore_tmp(old);
 }
 
@@ -712,9 +706,9 @@ static void tensors(void)
             snprintf(num, sizeof num, "%d", c);
             T_CHECK(!strcmp(ds_class_name(d, c), with_val ? num : names[c]));
             int64_t want = with_val ? nval / 3 : (int64_t)floor(0.1 * (n / 3) + 0.5);
-            T_CHECK(count_label(d, DS_VAL, c) == want);
+            T_EQ(count_label(d, DS_VAL, c), want);
         }
-        T_CHECK(ds_size(d, DS_TRAIN) + ds_size(d, DS_VAL) == n + (with_val ? nval : 0));
+        T_EQ(ds_size(d, DS_TRAIN) + ds_size(d, DS_VAL), n + (with_val ? nval : 0));
         float *x = malloc(sizeof(float) * 3 * 32 * 40);
         eng_tensor *ref = tx(n, 32, 40, 0), *refv = tx(nval, 32, 40, 1000);
         for (int s = 0; s < 2; s++)
@@ -802,6 +796,59 @@ static void tensors_bad(void)
     }
 }
 
+static long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
+    if (f) fclose(f);
+    return kb;
+}
+
+/* A deflated npz whose x declares 256 MiB of zeros (it compresses to about 256 KiB) against a
+ * 16 MiB dataset limit: refused from its headers, in a child whose peak memory stays small. */
+static void tensors_bomb(void)
+{
+    char path[800];
+    snprintf(path, sizeof path, "%s/bomb.npz", t_tmpdir());
+    int64_t xs[] = {21845, 3, 32, 32}, ys[] = {21845};
+    eng_npz *z = eng_npz_new();
+    eng_tensor *y = eng_tensor_new(ENG_I64, 0, 1, ys);
+    for (int64_t i = 0; i < ys[0]; i++) ((int64_t *)y->data)[i] = i % 2;
+    eng_npz_put(z, "x", eng_tensor_new(ENG_F32, 0, 4, xs));
+    eng_npz_put(z, "y", y);
+    T_REQUIRE(eng_npz_save(path, z, 1, err, sizeof err) == 0);
+    eng_npz_free(z);
+    struct stat sb;
+    T_REQUIRE(stat(path, &sb) == 0 && sb.st_size < (4 << 20));
+    int fd[2];
+    T_REQUIRE(pipe(fd) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        ds_opts o = {.arc = {.max_total_bytes = 16 << 20}};
+        ds_dataset *d = NULL;
+        long before = peak_rss_kb();
+        int rc = ds_open(path, &o, &d, err, sizeof err);
+        long msg[3] = {rc, before, peak_rss_kb()};
+        if (write(fd[1], msg, sizeof msg) != sizeof msg) _exit(2);
+        _exit(0);
+    }
+    long msg[3] = {0};
+    close(fd[1]);
+    T_CHECK(read(fd[0], msg, sizeof msg) == sizeof msg);
+    close(fd[0]);
+    waitpid(pid, NULL, 0);
+    T_EQ(msg[0], ENG_ELIMIT);
+    T_CHECKF(msg[2] - msg[1] < 8 * 1024, "peak grew by %ld KiB", msg[2] - msg[1]);
+    /* within the limit, the same file opens */
+    ds_opts big = {.arc = {.max_total_bytes = 512 << 20}};
+    ds_dataset *d = NULL;
+    T_EQ(ds_open(path, &big, &d, err, sizeof err), 0);
+    ds_free(d);
+}
+
 /* ---- ds_example ------------------------------------------------------------------------ */
 
 /* d's example i of split s, decoded and transformed here by the image module directly. */
@@ -854,9 +901,9 @@ static void example_transforms(void)
         }
         T_CHECKF(distinct > SEEDS / 2, "%s: only %d distinct augmentations", ds_example_name(d, DS_TRAIN, i), distinct);
     }
-    T_CHECK(ds_example(d, DS_TRAIN, ds_size(d, DS_TRAIN), 0, 0, CROP, NULL, got, err, sizeof err) == ENG_EINVAL);
-    T_CHECK(ds_example(d, DS_TRAIN, 0, 1, PRECROP, CROP, NULL, got, err, sizeof err) == ENG_EINVAL);
-    T_CHECK(ds_example(d, (ds_split)7, 0, 0, 0, CROP, NULL, got, err, sizeof err) == ENG_EINVAL);
+    T_EQ(ds_example(d, DS_TRAIN, ds_size(d, DS_TRAIN), 0, 0, CROP, NULL, got, err, sizeof err), ENG_EINVAL);
+    T_EQ(ds_example(d, DS_TRAIN, 0, 1, PRECROP, CROP, NULL, got, err, sizeof err), ENG_EINVAL);
+    T_EQ(ds_example(d, (ds_split)7, 0, 0, 0, CROP, NULL, got, err, sizeof err), ENG_EINVAL);
     free(got), free(want);
     ds_free(d);
 }
@@ -908,15 +955,15 @@ static void loader_threads(void)
     };
     for (int k = 0; k < 4; k++) {
         x[k] = malloc(sizeof(float) * per * n), y[k] = malloc(sizeof(int64_t) * n);
-        T_CHECK(run(d, &o[k], k == 3 ? NB / 2 : NB, per, x[k], y[k]) == 0);
+        T_EQ(run(d, &o[k], k == 3 ? NB / 2 : NB, per, x[k], y[k]), 0);
     }
     for (int k = 1; k < 4; k++)
         T_CHECKF(!memcmp(x[0], x[k], sizeof(float) * per * n) && !memcmp(y[0], y[k], sizeof(int64_t) * n),
                  "loader %d differs from 1 thread, prefetch 1", k);
     ds_loader_opts other = o[0];
     other.seed = 10;
-    T_CHECK(run(d, &other, NB, per, x[1], y[1]) == 0);
-    T_CHECK(memcmp(x[0], x[1], sizeof(float) * per * n) != 0);
+    T_EQ(run(d, &other, NB, per, x[1], y[1]), 0);
+    T_NE(memcmp(x[0], x[1], sizeof(float) * per * n), 0);
     for (int k = 0; k < 4; k++) free(x[k]), free(y[k]);
     ds_free(d);
 }
@@ -983,7 +1030,7 @@ static void loader_epochs(void)
     T_CHECK(memcmp(rows, rows + N, sizeof(int) * N) && memcmp(rows + N, rows + 2 * N, sizeof(int) * N));
     o.seed = 5;
     T_REQUIRE(rows_of(d, &o, NB, other, labels) == 0);
-    T_CHECK(memcmp(rows, other, sizeof(int) * N) != 0);
+    T_NE(memcmp(rows, other, sizeof(int) * N), 0);
     ds_free(d);
 }
 
@@ -1007,12 +1054,12 @@ static void loader_orders(void)
             ds_loader *l = NULL;
             T_REQUIRE(ds_loader_new(d, &so, &l, err, sizeof err) == 0);
             while ((rc = ds_loader_next(l, x, y, &count, err, sizeof err)) == 0) {
-                T_CHECK(count == (n - pos < B ? n - pos : B));
+                T_EQ(count, (n - pos < B ? n - pos : B));
                 for (int j = 0; j < count; j++, pos++)
-                    T_CHECK((int)x[(size_t)j * 3 * 32 * 40] == pos + (split ? 1000 : 0));
+                    T_EQ((int)x[(size_t)j * 3 * 32 * 40], pos + (split ? 1000 : 0));
             }
             T_CHECKF(rc == ENG_ENOTFOUND && pos == (start * B < n ? n : start * B), "rc %d at %d", rc, pos);
-            T_CHECK(ds_loader_next(l, x, y, &count, err, sizeof err) == ENG_ENOTFOUND);
+            T_EQ(ds_loader_next(l, x, y, &count, err, sizeof err), ENG_ENOTFOUND);
             ds_loader_free(l);
             free(x);
         }
@@ -1064,9 +1111,9 @@ static void loader_free_busy(void)
         int count;
         T_REQUIRE(ds_loader_new(d, &o, &l, err, sizeof err) == 0);
         for (int b = 0; b < round; b++) T_CHECK(ds_loader_next(l, x, y, &count, err, sizeof err) == 0);
-        double t0 = now();
+        double t0 = (eng_now_ms() / 1e3);
         ds_loader_free(l);
-        printf("     freed after %d batches in %.3f s\n", round, now() - t0);
+        printf("     freed after %d batches in %.3f s\n", round, (eng_now_ms() / 1e3) - t0);
     }
     free(x);
     ds_free(d);
@@ -1139,7 +1186,7 @@ static double per_core(const ds_dataset *d, int precrop, int crop)
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
         int64_t n = 0;
-        double t0 = now(), t;
+        double t0 = (eng_now_ms() / 1e3), t;
         do {
             eng_rng r;
             eng_rng_seed3(&r, 1, (uint64_t)n, 7);
@@ -1148,7 +1195,7 @@ static double per_core(const ds_dataset *d, int precrop, int crop)
                 exit(1);
             }
             n++;
-        } while ((t = now() - t0) < 1.0);
+        } while ((t = (eng_now_ms() / 1e3) - t0) < 1.0);
         best = (double)n / t > best ? (double)n / t : best;
     }
     free(x);
@@ -1180,11 +1227,11 @@ static double through_loader(const ds_dataset *d, int precrop, int crop, int thr
     }
     for (int rep = 0; rep < 3; rep++) {
         int64_t n = 0;
-        double t0 = now(), c0 = cpu_seconds(), t;
+        double t0 = (eng_now_ms() / 1e3), c0 = cpu_seconds(), t;
         do {
             if (ds_loader_next(l, x, y, &count, err, sizeof err)) exit(1);
             n += count;
-        } while ((t = now() - t0) < 2.0);
+        } while ((t = (eng_now_ms() / 1e3) - t0) < 2.0);
         if ((double)n / t > best) best = (double)n / t, *cpus = (cpu_seconds() - c0) / t;
     }
     ds_loader_free(l);
@@ -1204,12 +1251,12 @@ static int bench(int files)
         if (timg_put(dir, rel, j, len)) return 1;
     }
     free(j);
-    double t0 = now();
+    double t0 = (eng_now_ms() / 1e3);
     ds_opts o = {.seed = 1};
     ds_dataset *d = open_ok(dir, &o);
     if (!d) return 1;
     printf("%d files of a 1024x768 JPEG (q90, 4:2:0, %zu bytes); ds_open checked them in %.2f s; "
-           "%ld CPUs\n", files, len, now() - t0, sysconf(_SC_NPROCESSORS_ONLN));
+           "%ld CPUs\n", files, len, (eng_now_ms() / 1e3) - t0, sysconf(_SC_NPROCESSORS_ONLN));
     for (int s = 0; s < 2; s++) {
         int pre = sizes[s][0], crop = sizes[s][1];
         double one = per_core(d, pre, crop), c1, c2;
@@ -1239,6 +1286,7 @@ int main(int argc, char **argv)
         T_RUN(limits);
         T_RUN(tensors);
         T_RUN(tensors_bad);
+        T_RUN(tensors_bomb);
         T_RUN(example_transforms);
         T_RUN(loader_threads);
         T_RUN(loader_resume);

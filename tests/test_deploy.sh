@@ -367,7 +367,7 @@ files_and_paths_are_real() {
     check "COPY $src: exists" test -e "$srcdir/$src"
     ignored "$src" && fail "COPY $src: .dockerignore leaves it out"
   done < <(grep '^COPY ' <<<"$ins" | grep -v -- '--from=')
-  for f in configure.ac Makefile.am deploy/deploy.am deploy/install-manifest.txt server/main.c \
+  for f in configure.ac Makefile.am deploy/deploy.am deploy/install-manifest.txt server/cmd/main.c \
     engine/net.c tests/t.h docs/bit.1 deploy/fetch-weights.sh; do
     ignored "$f" && fail ".dockerignore leaves out $f, which the build needs"
   done
@@ -521,9 +521,86 @@ fetch_weights_offline() {
 
   out=$(sh "$fetch" --dir "$d/m5" BiT-S-R50x1 2>&1)
   check "missing on the mirror: exit 1" test $? = 1
-  check "missing on the mirror: says the download failed" grep -q "BiT-S-R50x1: the download from file://.* failed" <<<"$out"
+  check "missing on the mirror: says what it could not read" grep -q "BiT-S-R50x1: cannot read file://" <<<"$out"
   check "missing on the mirror: no file" test ! -e "$d/m5/BiT-S-R50x1.npz"
   unset BIT_WEIGHTS_BASE_URL
+}
+
+# No network, told apart from a cut-off download: the real curl against a proxy that refuses
+# (this script points every proxy at 127.0.0.1:9), and a stand-in curl for what cannot be
+# staged here (a host that does not resolve, a transfer cut off midway).
+fetch_weights_without_a_network() {
+  local d=$tmp/fwn out
+  mkdir -p "$d/bin"
+  out=$(sh "$fetch" --dir "$d/m1" BiT-M-R50x1 2>&1)
+  check "no route: exit 1" test $? = 1
+  check "no route: says there is no network and what to do" \
+    grep -q "BiT-M-R50x1: cannot connect to the host of https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz (or to the proxy): no network.*copy BiT-M-R50x1.npz from a machine that has it into $d/m1" <<<"$out"
+  check "no route: does not say to run again" bash -c '! grep -q "run again" <<<"$1"' _ "$out"
+  check "no route: no empty .part left" test ! -e "$d/m1/BiT-M-R50x1.npz.part"
+  # a curl that fails as told: FAKE_CURL_EXIT, after writing FAKE_CURL_BYTES bytes to -o
+  cat >"$d/bin/curl" <<'FAKE'
+#!/bin/sh
+o=""
+while [ $# -gt 0 ]; do [ "$1" = -o ] && o=$2; shift; done
+[ -n "$o" ] && head -c "${FAKE_CURL_BYTES:-0}" /dev/zero >>"$o"
+exit "$FAKE_CURL_EXIT"
+FAKE
+  chmod +x "$d/bin/curl"
+  out=$(PATH=$d/bin:$PATH FAKE_CURL_EXIT=6 sh "$fetch" --dir "$d/m2" BiT-M-R50x1 2>&1)
+  check "host not found: exit 1" test $? = 1
+  check "host not found: says so, and what to do offline" \
+    grep -q "cannot resolve the host of .*: no network or no DNS here; without a network, copy BiT-M-R50x1.npz" <<<"$out"
+  out=$(PATH=$d/bin:$PATH FAKE_CURL_EXIT=18 FAKE_CURL_BYTES=5000 sh "$fetch" --dir "$d/m3" BiT-M-R50x1 2>&1)
+  check "cut off: exit 1" test $? = 1
+  check "cut off: says where, and to run again" grep -q "the download was interrupted at 5000 bytes; run again to resume from there" <<<"$out"
+  check "cut off: keeps what came" test "$(stat -c %s "$d/m3/BiT-M-R50x1.npz.part")" = 5000
+  check "cut off: not taken for a missing network" bash -c '! grep -q "no network" <<<"$1"' _ "$out"
+}
+
+# From a clone, without bit on PATH and without BIT_BIN, the script finds the build: build/bit
+# (README command 1) or bit in the source directory (a build in place).
+fetch_weights_finds_the_build() {
+  local d=$tmp/fwb out where
+  mkdir -p "$d/mirror"
+  cp "$BIT_FIXTURES/model.npz" "$d/mirror/BiT-M-R50x1.npz"
+  for where in build/bit bit; do
+    rm -rf "$d/clone" && mkdir -p "$d/clone/deploy" "$d/clone/build"
+    cp "$fetch" "$d/clone/deploy/fetch-weights.sh"
+    ln -s "$BIT_BIN" "$d/clone/$where"
+    out=$(env -u BIT_BIN PATH=/usr/bin:/bin BIT_WEIGHTS_BASE_URL=file://$d/mirror \
+          sh "$d/clone/deploy/fetch-weights.sh" --dir "$d/models-$where" --no-check BiT-M-R50x1 2>&1)
+    check "$where: found and used" grep -q "model   custom, head 10" <<<"$out"
+  done
+  rm -rf "$d/clone/bit" "$d/clone/build/bit"
+  out=$(env -u BIT_BIN PATH=/usr/bin:/bin sh "$d/clone/deploy/fetch-weights.sh" --dir "$d/none" BiT-M-R50x1 2>&1)
+  check "no build: exit 1" test $? = 1
+  check "no build: says where it looked and what to do" grep -q "not on PATH, not in $d/clone/build .*README" <<<"$out"
+}
+
+# The fixtures' checker accepts the real copy and refuses a damaged one (README: Test fixtures).
+fixtures_checker() {
+  local d=$tmp/fx
+  check "the fixtures match their manifest" bash -c 'sh "$1" "$2" >/dev/null' _ "$srcdir/tests/fixtures.sh" "$BIT_FIXTURES"
+  cp -r "$BIT_FIXTURES" "$d" && chmod -R u+w "$d"
+  printf x >>"$d/labels.npy"
+  rm -f "$d/logits2.npy"
+  sh "$srcdir/tests/fixtures.sh" "$d" >"$tmp/fx.out" 2>&1
+  check "a damaged copy: exit 1" test $? = 1
+  check "a damaged copy: names the files" bash -c 'grep -q "labels.npy: FAILED" "$1" && grep -q "logits2.npy: FAILED" "$1"' _ "$tmp/fx.out"
+  sh "$srcdir/tests/fixtures.sh" "$tmp/nowhere" >/dev/null 2>&1
+  check "no copy: exit 1" test $? = 1
+}
+
+# What a user puts in models/ (downloads of hundreds of MB) never shows as untracked; what
+# the repository ships there stays tracked.
+models_dir_is_left_to_the_user() {
+  if ! git -C "$srcdir" rev-parse --is-inside-work-tree >/dev/null 2>&1; then return; fi
+  check "models/BiT-M-R50x1.npz is ignored" git -C "$srcdir" check-ignore -q models/BiT-M-R50x1.npz
+  check "models/pets.labels.txt is ignored" git -C "$srcdir" check-ignore -q models/pets.labels.txt
+  check "models/README.md is shipped" bash -c 'git -C "$1" ls-files --error-unmatch models/README.md >/dev/null' _ "$srcdir"
+  # a path of the machine this was written on, spelt in two pieces so this line is no match
+  check "no hard-coded machine paths in tracked files" bash -c '! git -C "$1" grep -n "/wor""k/"' _ "$srcdir"
 }
 
 # make install once (the layout, the man page and the installed tools use it)
@@ -538,6 +615,10 @@ run entrypoint_refuses_clearly
 run files_and_paths_are_real
 run man_page_and_help_cover_everything
 run fetch_weights_offline
+run fetch_weights_without_a_network
+run fetch_weights_finds_the_build
+run fixtures_checker
+run models_dir_is_left_to_the_user
 
 echo "tally: $passed passed, $failed failed"
 [ "$failed" = 0 ]

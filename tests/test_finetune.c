@@ -1,11 +1,14 @@
 /* Fine-tuning runs: the HyperRule table, exact resume, atomic checkpoints under SIGKILL,
  * corrupt checkpoints, and an end-to-end run whose accuracy ends well above chance. */
+#include <dirent.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "finetune.h"
+#include "ftjson.h"
+#include "modelmeta.h"
 #include "t.h"
 
 static char err[1024];
@@ -41,6 +44,52 @@ static void hyper_rule_table(void)
     for (int i = 0; i < 5; i++) T_CHECK(h.schedule[i] == want[i]);
     eng_hyper_scale_steps(&h, 3); /* degenerate: still increasing, ends at or after 3 */
     for (int i = 1; i < 5; i++) T_CHECK(h.schedule[i] > h.schedule[i - 1]);
+}
+
+/* A base model pre-trained at R px fine-tunes at the rule's sizes times R / 224; official
+ * models (no declared resolution) keep the rule exactly. */
+static void hyper_rule_scaled_resolution(void)
+{
+    struct { int res, precrop, crop, big_precrop, big_crop; } rows[] = {
+        {224, 160, 128, 512, 480}, {56, 40, 32, 128, 120}, {448, 320, 256, 1024, 960},
+        {32, 40, 32, 74, 69}, /* 128 * 32 / 224 = 18 is under the engine's 32: clamped */
+        {100, 71, 57, 228, 214},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        eng_hyper h, big;
+        eng_hyper_rule(1000, 28, 28, &h);
+        eng_hyper_rule(1000, 500, 400, &big);
+        eng_hyper_scale_res(&h, rows[i].res);
+        eng_hyper_scale_res(&big, rows[i].res);
+        T_CHECKF(h.precrop == rows[i].precrop && h.crop == rows[i].crop, "%d: %d/%d", rows[i].res,
+                 h.precrop, h.crop);
+        T_CHECKF(big.precrop == rows[i].big_precrop && big.crop == rows[i].big_crop, "%d: %d/%d",
+                 rows[i].res, big.precrop, big.crop);
+        T_CHECK(h.schedule[h.nsched - 1] == 500 && h.base_lr == 0.003); /* only sizes move */
+    }
+    ft_data_info small = {.train_images = 100, .median_w = 8, .median_h = 8};
+    ft_resolved r;
+    ft_params official = {.mixup = -1, .weight_decay = -1};
+    T_REQUIRE(ft_resolve(&official, &small, &r, err, sizeof err) == 0);
+    T_CHECK(r.h.precrop == 160 && r.h.crop == 128 && r.pretrain_res == 224);
+    ft_params at56 = {.mixup = -1, .weight_decay = -1, .pretrain_res = 56};
+    T_REQUIRE(ft_resolve(&at56, &small, &r, err, sizeof err) == 0);
+    T_CHECK(r.h.precrop == 40 && r.h.crop == 32 && r.pretrain_res == 56);
+    json_t *j = ft_resolved_json(&r);
+    T_CHECK(json_integer_value(json_object_get(j, "pretrain_resolution")) == 56);
+    T_CHECK(json_integer_value(json_array_get(json_object_get(j, "resolution"), 0)) == 40);
+    json_decref(j);
+    at56.crop = 48; /* an explicit resolution still wins */
+    T_REQUIRE(ft_resolve(&at56, &small, &r, err, sizeof err) == 0);
+    T_CHECK(r.h.precrop == 48 && r.h.crop == 48);
+    ft_params tiny = {.mixup = -1, .weight_decay = -1, .pretrain_res = 16};
+    T_CHECK(ft_resolve(&tiny, &small, &r, err, sizeof err) == ENG_EINVAL && strstr(err, "pre-training resolution"));
+    /* a pre-training run records the size it trains at, for its fine-tunings to scale by */
+    eng_arch a = {{1, 1, 1, 1}, 32, 0};
+    ft_params pre = {.mixup = -1, .weight_decay = -1, .init_arch = &a, .crop = 56, .precrop = 64};
+    ft_data_info fm = {.train_images = 60000, .median_w = 28, .median_h = 28};
+    T_REQUIRE(ft_resolve(&pre, &fm, &r, err, sizeof err) == 0);
+    T_CHECK(r.pretrain && r.pretrain_res == 56 && r.h.crop == 56 && r.h.precrop == 64);
 }
 
 /* A 3-class tensor dataset whose classes differ in one colour channel. */
@@ -116,12 +165,12 @@ static void resume_is_exact(void)
     char a[600], b[600], pa[700], pb[700];
     run_dir(a, sizeof a, "whole"), run_dir(b, sizeof b, "halves");
     ft_params p = small_params();
-    T_REQUIRE(ft_run(base, data, a, &p, 0, NULL, err, sizeof err) == 0);
+    T_REQUIRE(ft_run(base, data, a, &p, NULL, 0, NULL, err, sizeof err) == 0);
     stopper s = {.at = 4, .how = 2};
     ft_hooks h = {.progress = count_progress, .stop = stop_at, .ud = &s};
-    T_REQUIRE(ft_run(base, data, b, &p, 0, &h, err, sizeof err) == FT_ESTOPPED);
-    T_CHECK(ft_run(base, data, b, &p, 0, NULL, err, sizeof err) == ENG_EINVAL); /* not over a run */
-    T_REQUIRE(ft_run(NULL, NULL, b, &p, 1, NULL, err, sizeof err) == 0);
+    T_REQUIRE(ft_run(base, data, b, &p, NULL, 0, &h, err, sizeof err) == FT_ESTOPPED);
+    T_EQ(ft_run(base, data, b, &p, NULL, 0, NULL, err, sizeof err), ENG_EINVAL); /* not over a run */
+    T_REQUIRE(ft_run(NULL, NULL, b, &p, NULL, 1, NULL, err, sizeof err) == 0);
     snprintf(pa, sizeof pa, "%s/model.npz", a), snprintf(pb, sizeof pb, "%s/model.npz", b);
     T_CHECK(same_npz(pa, pb));
     snprintf(pa, sizeof pa, "%s/optimizer.npz", a), snprintf(pb, sizeof pb, "%s/optimizer.npz", b);
@@ -133,6 +182,21 @@ static void resume_is_exact(void)
     int64_t hs[] = {1, 1, 1024, 3};
     T_CHECK(eng_tensor_is_f32(eng_npz_get(z, "resnet/head/conv2d/kernel"), 4, hs));
     eng_npz_free(z);
+}
+
+/* Whether dir/checkpoints holds a finished checkpoint (a step-* directory, not just the
+ * .tmp-* one a kill can leave when it lands inside the first). */
+static int has_checkpoint(const char *dir)
+{
+    char ck[700];
+    snprintf(ck, sizeof ck, "%s/checkpoints", dir);
+    DIR *dh = opendir(ck);
+    struct dirent *e;
+    int found = 0;
+    while (dh && (e = readdir(dh)))
+        found |= !strncmp(e->d_name, "step-", 5);
+    if (dh) closedir(dh);
+    return found;
 }
 
 /* A writer killed at any moment leaves a checkpoint that loads and resumes. */
@@ -149,7 +213,7 @@ static void killed_writer_leaves_checkpoint(void)
         T_REQUIRE(pid >= 0);
         if (pid == 0) {
             char e[512];
-            _exit(ft_run(base, data, d, &p, 0, NULL, e, sizeof e) == 0 ? 0 : 3);
+            _exit(ft_run(base, data, d, &p, NULL, 0, NULL, e, sizeof e) == 0 ? 0 : 3);
         }
         usleep(300000 + 170000 * round);
         kill(pid, SIGKILL);
@@ -158,13 +222,10 @@ static void killed_writer_leaves_checkpoint(void)
         T_CHECK(WIFSIGNALED(st));
         /* resume a few more steps from whatever checkpoint survived */
         p.schedule[3] = 0;
-        char ck[700];
-        snprintf(ck, sizeof ck, "%s/checkpoints", d);
-        struct stat sb;
-        if (stat(ck, &sb) != 0) continue; /* killed before the first checkpoint */
+        if (!has_checkpoint(d)) continue; /* killed before the first checkpoint was whole */
         stopper s = {.at = 1, .how = 2};
         ft_hooks h = {.progress = count_progress, .stop = stop_at, .ud = &s};
-        int rc = ft_run(NULL, NULL, d, &p, 1, &h, err, sizeof err);
+        int rc = ft_run(NULL, NULL, d, &p, NULL, 1, &h, err, sizeof err);
         T_CHECKF(rc == FT_ESTOPPED || rc == 0, "resume after kill: %s", err);
     }
 }
@@ -177,33 +238,39 @@ static void corrupt_checkpoint_is_an_error(void)
     ft_params p = small_params();
     stopper s = {.at = 3, .how = 2};
     ft_hooks h = {.progress = count_progress, .stop = stop_at, .ud = &s};
-    T_REQUIRE(ft_run(base, data, d, &p, 0, &h, err, sizeof err) == FT_ESTOPPED);
+    T_REQUIRE(ft_run(base, data, d, &p, NULL, 0, &h, err, sizeof err) == FT_ESTOPPED);
     snprintf(path, sizeof path, "%s/checkpoints/step-000000003/model.npz", d);
     T_REQUIRE(truncate(path, 1000) == 0);
-    T_CHECK(ft_run(NULL, NULL, d, &p, 1, NULL, err, sizeof err) == ENG_EFORMAT);
+    T_EQ(ft_run(NULL, NULL, d, &p, NULL, 1, NULL, err, sizeof err), ENG_EFORMAT);
     T_CHECKF(strstr(err, "model.npz") != NULL, "%s", err);
     snprintf(path, sizeof path, "%s/checkpoints/step-000000003/state.json", d);
     FILE *f = fopen(path, "w");
     fputs("{not json", f);
     fclose(f);
-    T_CHECK(ft_run(NULL, NULL, d, &p, 1, NULL, err, sizeof err) == ENG_EFORMAT);
+    T_EQ(ft_run(NULL, NULL, d, &p, NULL, 1, NULL, err, sizeof err), ENG_EFORMAT);
     char other[600];
     run_dir(other, sizeof other, "nothing-here");
-    T_CHECK(ft_run(NULL, NULL, other, &p, 1, NULL, err, sizeof err) == ENG_ENOTFOUND);
+    T_EQ(ft_run(NULL, NULL, other, &p, NULL, 1, NULL, err, sizeof err), ENG_ENOTFOUND);
 }
 
-/* From the tiny fixture backbone, 3 colour classes are learnt well above chance (1/3). */
-static void end_to_end_accuracy(void)
+/* From the tiny fixture backbone, 3 colour classes are learnt well above chance (1/3), in
+ * f32; and in bf16 (where oneDNN has bf16 kernels) to within 1 point of f32's accuracy. */
+static double e2e_top1;
+
+static void end_to_end(eng_precision prec, const char *name)
 {
     const char *data = make_tensor_data(90), *base = t_fixture("model.npz");
     char d[600], mp[700];
-    run_dir(d, sizeof d, "e2e");
-    ft_params p = {.steps = 30, .batch = 16, .base_lr = 0.03, .seed = 1, .eval_every = 10};
-    T_REQUIRE(ft_run(base, data, d, &p, 0, NULL, err, sizeof err) == 0);
+    run_dir(d, sizeof d, name);
+    ft_params p = {.steps = 30, .batch = 16, .base_lr = 0.03, .seed = 1, .eval_every = 10,
+                   .precision = prec};
+    T_REQUIRE(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err) == 0);
     snprintf(mp, sizeof mp, "%s/metrics.json", d);
     json_t *m = json_load_file(mp, 0, NULL);
     double top1 = json_real_value(json_object_get(json_object_get(m, "val"), "top1"));
     T_CHECKF(top1 >= 0.8, "val top-1 %.3f", top1);
+    if (prec == ENG_PREC_F32) e2e_top1 = top1;
+    else T_CHECKF(e2e_top1 > 0 && fabs(top1 - e2e_top1) <= 0.01, "bf16 top-1 %.3f, f32 %.3f", top1, e2e_top1);
     T_CHECK(json_array_size(json_object_get(json_object_get(m, "val"), "per_class")) == 3);
     json_decref(m);
     /* ft_evaluate on the saved model agrees with the run's own final evaluation */
@@ -216,7 +283,8 @@ static void end_to_end_accuracy(void)
     snprintf(mp, sizeof mp, "%s/model.npz", d);
     T_REQUIRE(ds_open(data, &o, &ds, err, sizeof err) == 0);
     T_REQUIRE(eng_npz_load(mp, NULL, &z, err, sizeof err) == 0 && eng_arch_from_npz(z, &a, err, sizeof err) == 0);
-    T_REQUIRE(eng_net_new(z, &a, NULL, &net, err, sizeof err) == 0);
+    eng_net_opts no = {.precision = prec};
+    T_REQUIRE(eng_net_new(z, &a, &no, &net, err, sizeof err) == 0);
     T_REQUIRE(ft_evaluate(net, ds, DS_VAL, 32, 7, &e, err, sizeof err) == 0);
     T_CHECK(fabs(json_real_value(json_object_get(e, "top1")) - top1) < 1e-12);
     json_decref(e);
@@ -225,27 +293,194 @@ static void end_to_end_accuracy(void)
     ds_free(ds);
 }
 
+static void end_to_end_accuracy(void) { end_to_end(ENG_PREC_F32, "e2e"); }
+
+static void end_to_end_accuracy_bf16(void)
+{
+    if (eng_precision_resolve(ENG_PREC_AUTO) != ENG_PREC_BF16) {
+        printf("(no bf16 convolutions on this CPU: skipped)\n");
+        return;
+    }
+    end_to_end(ENG_PREC_BF16, "e2e-bf16");
+}
+
+/* One vocabulary: a job's hyper-parameters are bit finetune's options with underscores; "res"
+ * is "resolution"; an unknown field names the nearest and lists them all; resolved-only
+ * fields say so; the resolved values print back as options. */
+static void hyperparameter_vocabulary(void)
+{
+    ft_params p;
+    json_t *hp = json_pack("{s:[i,i], s:b, s:b, s:f, s:i}", "res", 40, 32, "augment", 0, "shuffle", 0,
+                           "weight_decay", 0.25, "batch_split", 2);
+    T_EQ(ft_params_from_json(hp, &p, err, sizeof err), 0);
+    T_CHECK(p.precrop == 40 && p.crop == 32 && p.no_augment && p.no_shuffle && p.weight_decay == 0.25 &&
+            p.batch_split == 2);
+    json_decref(hp);
+    hp = json_pack("{s:[i,i], s:[i,i]}", "resolution", 40, 32, "res", 40, 32);
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == ENG_EINVAL && strstr(err, "given twice"));
+    json_decref(hp);
+    hp = json_pack("{s:i}", "step", 5);
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == ENG_EINVAL &&
+            strstr(err, "hyperparameters.step: unknown field; did you mean steps?"));
+    for (size_t i = 0; ft_param_field(i); i++) /* the message lists every field */
+        T_CHECKF(strstr(err, ft_param_field(i)->name), "%s lacks %s", err, ft_param_field(i)->name);
+    json_decref(hp);
+    hp = json_pack("{s:i}", "micro_batch", 4);
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == ENG_EINVAL && strstr(err, "resolved, not requested"));
+    json_decref(hp);
+    hp = json_pack("{s:s}", "augment", "yes");
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == ENG_EINVAL && strstr(err, "hyperparameters.augment"));
+    json_decref(hp);
+    /* every documented field and alias is accepted ("auto": the rule decides) */
+    for (size_t i = 0; ft_param_field(i); i++) {
+        const ft_field_doc *d = ft_param_field(i);
+        T_CHECKF(d->cli && !strncmp(d->cli, "--", 2) && d->help && *d->help, "%s", d->name);
+        for (int k = 0; k < 2; k++) {
+            const char *name = k ? d->alias : d->name;
+            if (!name) continue;
+            hp = json_pack("{s:s}", name, "auto");
+            T_CHECKF(ft_params_from_json(hp, &p, err, sizeof err) == 0, "%s: %s", name, err);
+            json_decref(hp);
+        }
+    }
+    /* precision: auto unless asked; resolved to what this CPU runs, shown, and read back */
+    T_EQ(ft_params_from_json(NULL, &p, err, sizeof err), 0);
+    T_EQ(p.precision, ENG_PREC_AUTO);
+    hp = json_pack("{s:s}", "precision", "bf16");
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == 0 && p.precision == ENG_PREC_BF16);
+    json_decref(hp);
+    hp = json_pack("{s:s}", "precision", "fp16");
+    T_CHECK(ft_params_from_json(hp, &p, err, sizeof err) == ENG_EINVAL &&
+            strstr(err, "hyperparameters.precision: must be \"f32\", \"bf16\" or \"auto\""));
+    json_decref(hp);
+    ft_params q = small_params();
+    ft_data_info info = {.train_images = 30, .median_w = 32, .median_h = 32};
+    ft_resolved r;
+    char flags[600];
+    q.no_augment = 1;
+    T_REQUIRE(ft_resolve(&q, &info, &r, err, sizeof err) == 0);
+    T_EQ(ft_resolved_flags(&r, flags, sizeof flags), 0);
+    T_STREQ(flags, "--batch 6 --batch-split 2 --base-lr 0.02 --schedule 2,4,6,8 --res 160,128 "
+                   "--mixup 0.5 --seed 7 --save-every 3 --no-augment --precision f32");
+    T_EQ(ft_resolved_flags(&r, flags, 20), ENG_EINVAL);
+    q.precision = ENG_PREC_AUTO;
+    T_REQUIRE(ft_resolve(&q, &info, &r, err, sizeof err) == 0);
+    T_EQ(r.precision, eng_precision_resolve(ENG_PREC_AUTO));
+    json_t *rj = ft_resolved_json(&r);
+    ft_resolved back;
+    T_STREQ(json_string_value(json_object_get(rj, "precision")), eng_precision_name(r.precision));
+    T_CHECK(ft_resolved_from_json(rj, &back) == 0 && back.precision == r.precision);
+    json_object_del(rj, "precision"); /* a job stored before the field ran f32 */
+    T_CHECK(ft_resolved_from_json(rj, &back) == 0 && back.precision == ENG_PREC_F32);
+    json_decref(rj);
+}
+
+typedef struct starts {
+    int n, resumed;
+    int64_t step;
+    json_t *hp;
+} starts;
+
+static void count_starts(void *ud, const json_t *ev)
+{
+    starts *s = ud;
+    if (strcmp(json_string_value(json_object_get(ev, "type")), "start")) return;
+    s->n++;
+    s->resumed += json_is_true(json_object_get(ev, "resume"));
+    s->step = json_integer_value(json_object_get(ev, "step"));
+    json_decref(s->hp);
+    s->hp = json_incref(json_object_get(ev, "hyperparameters"));
+}
+
+/* Every start and resume announces what the run resolved; the run's model.npz carries its
+ * class names and resolution, which loaders that look keys up (ours, and the official ones)
+ * never notice: the same weights answer the same with or without them. */
+static void runs_announce_and_carry_their_classes(void)
+{
+    const char *data = make_tensor_data(30), *base = t_fixture("model.npz");
+    char d[600], mp[700], plain[700], withmeta[700];
+    run_dir(d, sizeof d, "meta");
+    ft_params p = small_params();
+    starts st = {0};
+    stopper s = {.at = 2, .how = 2};
+    ft_hooks h = {.progress = count_progress, .stop = stop_at, .ud = &s};
+    ft_hooks h2 = {.event = count_starts, .ud = &st};
+    T_REQUIRE(ft_run(base, data, d, &p, NULL, 0, &h, err, sizeof err) == FT_ESTOPPED);
+    T_REQUIRE(ft_run(NULL, NULL, d, &p, NULL, 1, &h2, err, sizeof err) == 0);
+    T_CHECK(st.n == 1 && st.resumed == 1 && st.step == 2);
+    ft_resolved r;
+    T_CHECK(ft_resolved_from_json(st.hp, &r) == 0 && r.h.batch == 6 && r.batch_split == 2);
+    json_decref(st.hp);
+    snprintf(mp, sizeof mp, "%s/model.npz", d);
+    eng_meta m;
+    T_REQUIRE(eng_meta_read(mp, &m, err, sizeof err) == 0);
+    T_CHECK(m.labels && m.labels->n == 3 && !strcmp(m.labels->names[2], "2") && m.resolution == 32);
+    eng_meta_clear(&m);
+    /* the fixture with and without the keys: same architecture, same logits */
+    eng_npz *z = NULL;
+    const char *names[] = {"zero", "één", "二", "3", "4", "5", "6", "7", "8", "nine"};
+    snprintf(plain, sizeof plain, "%s", t_fixture("model.npz"));
+    snprintf(withmeta, sizeof withmeta, "%s/tiny-meta.npz", t_tmpdir());
+    T_REQUIRE(eng_npz_load(plain, NULL, &z, err, sizeof err) == 0);
+    T_REQUIRE(eng_meta_put(z, names, 10, 64) == 0);
+    T_REQUIRE(eng_npz_save(withmeta, z, 0, err, sizeof err) == 0);
+    eng_npz_free(z);
+    eng_arch a1, a2;
+    T_CHECK(eng_arch_probe(withmeta, &a2, err, sizeof err) == 0 && eng_arch_probe(plain, &a1, err, sizeof err) == 0 &&
+            !memcmp(&a1, &a2, sizeof a1));
+    eng_tensor *in = NULL;
+    T_REQUIRE(eng_npy_load(t_fixture("input.npy"), &in, err, sizeof err) == 0);
+    float y1[64], y2[64];
+    eng_net *n1 = NULL, *n2 = NULL;
+    T_REQUIRE(eng_net_load(plain, NULL, &n1, NULL, err, sizeof err) == 0);
+    T_REQUIRE(eng_net_load(withmeta, NULL, &n2, NULL, err, sizeof err) == 0);
+    int b = (int)in->shape[0], hh = (int)in->shape[2], ww = (int)in->shape[3];
+    T_REQUIRE(b * 10 <= 64);
+    T_REQUIRE(eng_net_forward(n1, in->data, b, hh, ww, y1, NULL, NULL, err, sizeof err) == 0);
+    T_REQUIRE(eng_net_forward(n2, in->data, b, hh, ww, y2, NULL, NULL, err, sizeof err) == 0);
+    T_CHECK(!memcmp(y1, y2, sizeof(float) * (size_t)b * 10));
+    eng_net_free(n1), eng_net_free(n2), eng_tensor_free(in);
+    T_REQUIRE(eng_meta_read(withmeta, &m, err, sizeof err) == 0);
+    T_CHECK(m.resolution == 64 && m.labels && m.labels->n == 10 && !strcmp(m.labels->names[1], "één") &&
+            !strcmp(m.labels->names[2], "二"));
+    eng_meta_clear(&m);
+    T_CHECK(eng_meta_read(plain, &m, err, sizeof err) == 0 && !m.labels && !m.resolution);
+    /* only the bitd/ entries are read */
+    T_REQUIRE(eng_npz_load_prefix(withmeta, ENG_META_PREFIX, NULL, &z, err, sizeof err) == 0);
+    T_EQ(z->n, 2);
+    /* a malformed key is an error, not a guess */
+    int64_t one = 1;
+    eng_tensor *f = eng_tensor_new(ENG_F32, 0, 1, &one);
+    T_REQUIRE(f && eng_npz_put(z, ENG_META_RESOLUTION, f) == 0);
+    T_CHECK(eng_meta_get(z, &m, err, sizeof err) == ENG_EFORMAT && strstr(err, ENG_META_RESOLUTION));
+    eng_npz_free(z);
+}
+
 static void bad_parameters(void)
 {
     const char *data = make_tensor_data(30), *base = t_fixture("model.npz");
     char d[600];
     run_dir(d, sizeof d, "bad");
     ft_params p = {.batch = 10, .batch_split = 3};
-    T_CHECK(ft_run(base, data, d, &p, 0, NULL, err, sizeof err) == ENG_EINVAL && strstr(err, "divisible"));
+    T_CHECK(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err) == ENG_EINVAL && strstr(err, "divisible"));
     ft_params q = {.nsched = 3, .schedule = {5, 3, 9}};
-    T_CHECK(ft_run(base, data, d, &q, 0, NULL, err, sizeof err) == ENG_EINVAL);
+    T_EQ(ft_run(base, data, d, &q, NULL, 0, NULL, err, sizeof err), ENG_EINVAL);
     ft_params r = {.steps = 2};
-    T_CHECK(ft_run(t_fixture("input.npy"), data, d, &r, 0, NULL, err, sizeof err) < 0);
-    T_CHECK(ft_run(base, "/nonexistent/data", d, &r, 0, NULL, err, sizeof err) == ENG_ENOTFOUND);
+    T_CHECK(ft_run(t_fixture("input.npy"), data, d, &r, NULL, 0, NULL, err, sizeof err) < 0);
+    T_CHECK(ft_run(base, "/nonexistent/data", d, &r, NULL, 0, NULL, err, sizeof err) == ENG_ENOTFOUND);
 }
 
 int main(void)
 {
     T_RUN(hyper_rule_table);
+    T_RUN(hyper_rule_scaled_resolution);
     T_RUN(resume_is_exact);
     T_RUN(killed_writer_leaves_checkpoint);
     T_RUN(corrupt_checkpoint_is_an_error);
     T_RUN(end_to_end_accuracy);
+    T_RUN(end_to_end_accuracy_bf16);
     T_RUN(bad_parameters);
+    T_RUN(hyperparameter_vocabulary);
+    T_RUN(runs_announce_and_carry_their_classes);
     return t_done();
 }

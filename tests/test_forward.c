@@ -176,10 +176,10 @@ static void plan_cache_eviction(void)
     for (int i = 0; i < 4; i++)
         T_CHECKF(eng_net_forward(net, junk, sizes[i][0], sizes[i][1], sizes[i][2], out, NULL, NULL,
                                  err, sizeof err) == 0, "%s", err);
-    T_CHECK(eng_net_forward(net, x->data, 4, 64, 64, out, NULL, NULL, err, sizeof err) == 0);
+    T_EQ(eng_net_forward(net, x->data, 4, 64, 64, out, NULL, NULL, err, sizeof err), 0);
     T_CHECK(close_enough(out, y->data, 40, 3e-5, 3e-4, 0, "after eviction"));
-    T_CHECK(eng_net_forward(net, x->data, 4, 31, 64, out, NULL, NULL, err, sizeof err) == ENG_EINVAL);
-    T_CHECK(eng_net_forward(net, x->data, 0, 64, 64, out, NULL, NULL, err, sizeof err) == ENG_EINVAL);
+    T_EQ(eng_net_forward(net, x->data, 4, 31, 64, out, NULL, NULL, err, sizeof err), ENG_EINVAL);
+    T_EQ(eng_net_forward(net, x->data, 0, 64, 64, out, NULL, NULL, err, sizeof err), ENG_EINVAL);
     free(junk);
     eng_tensor_free(x);
     eng_tensor_free(y);
@@ -199,13 +199,13 @@ static void headless_features(void)
         if (!strstr(z->names[i], "/head/")) eng_npz_put(h, z->names[i], eng_tensor_clone(z->tensors[i]));
     T_REQUIRE(eng_arch_from_npz(h, &a, err, sizeof err) == 0 && a.head == 0);
     T_REQUIRE(eng_net_new(h, &a, NULL, &net, err, sizeof err) == 0);
-    T_CHECK(eng_net_out_dim(net) == 1024);
+    T_EQ(eng_net_out_dim(net), 1024);
     eng_tensor *x = NULL;
     eng_npz *acts = NULL;
     T_REQUIRE(eng_npy_load(t_fixture("input.npy"), &x, err, sizeof err) == 0);
     T_REQUIRE(eng_npz_load(t_fixture("acts.npz"), NULL, &acts, err, sizeof err) == 0);
     float *f = calloc(4 * 1024, sizeof(float));
-    T_CHECK(eng_net_forward(net, x->data, 4, 64, 64, f, NULL, NULL, err, sizeof err) == 0);
+    T_EQ(eng_net_forward(net, x->data, 4, 64, 64, f, NULL, NULL, err, sizeof err), 0);
     T_CHECK(close_enough(f, eng_npz_get(acts, "prelogits")->data, 4 * 1024, 1e-4, 1e-3, 1, "features"));
     free(f);
     eng_tensor_free(x);
@@ -236,6 +236,16 @@ static void bf16_runs(void)
     eng_net_free(net);
 }
 
+/* The same fixtures through the portable kernels (what CPUs without AVX-512 run). */
+static void portable_kernels(void)
+{
+    setenv("BIT_SIMD", "portable", 1);
+    logits_model1();
+    logits_model2_nonsquare();
+    logits_small_inputs_eps();
+    unsetenv("BIT_SIMD");
+}
+
 int main(void)
 {
     T_RUN(logits_model1);
@@ -246,5 +256,6 @@ int main(void)
     T_RUN(plan_cache_eviction);
     T_RUN(headless_features);
     T_RUN(bf16_runs);
+    T_RUN(portable_kernels);
     return t_done();
 }

@@ -11,8 +11,7 @@
 #include <sys/stat.h>
 
 #include "api/api.h"
-#include "server/srv.h"
-#include "storage/store.h"
+#include "server/http/srv.h"
 #include "t.h"
 #include "thttp.h"
 
@@ -237,7 +236,7 @@ static int spec_ops(const spec *s, ops *o)
 /* ---- the server's routes ---- */
 
 typedef struct env {
-    store *st;
+    svc *sv;
     api *a;
     srv *s;
     FILE *log;
@@ -247,7 +246,7 @@ static void env_free(env *e)
 {
     srv_free(e->s);
     api_free(e->a);
-    store_close(e->st);
+    svc_close(e->sv);
     if (e->log) fclose(e->log);
     memset(e, 0, sizeof *e);
 }
@@ -256,23 +255,37 @@ static void env_free(env *e)
 static int env_new(env *e, const char *token)
 {
     static int k;
-    char dir[600], db[700], log[700];
+    char dir[600], log[700];
     memset(e, 0, sizeof *e);
     snprintf(dir, sizeof dir, "%s/run%d", t_tmpdir(), k++);
-    snprintf(db, sizeof db, "%s/bit.db", dir);
     snprintf(log, sizeof log, "%s/http.log", dir);
     if (mkdir(dir, 0755) || !(e->log = fopen(log, "w"))) return -1;
-    api_config ac = {.data_dir = dir, .models_dir = dir};
+    svc_config vc = {.data_dir = dir, .models_dir = dir, .log = e->log};
     srv_config sc;
     srv_config_init(&sc);
     sc.address = "127.0.0.1", sc.port = 0, sc.token = token, sc.temp_dir = dir, sc.log = e->log;
-    int rc = store_open(db, &e->st, err, sizeof err);
-    ac.st = e->st;
+    int rc = svc_open(&vc, &e->sv, err, sizeof err);
+    api_config ac = {.service = e->sv, .ui = 1}; /* bit serve's default: the page is on */
     if (!rc) rc = api_new(&ac, &e->a, err, sizeof err);
     if (!rc) rc = srv_new(&sc, &e->s, err, sizeof err);
     if (!rc) rc = api_register(e->a, e->s, err, sizeof err);
     if (rc) fprintf(stderr, "  setup: %s\n", err);
     return rc;
+}
+
+/* A trailing-slash twin ("/v1/jobs/", answering 404 naming "/v1/jobs"): the spec documents
+ * them once, in its description; trailing_slash_twins checks every operation has one. */
+static int is_twin(const char *p)
+{
+    size_t len = strlen(p);
+    return len > 1 && p[len - 1] == '/';
+}
+
+static int documented(const ops *o, const char *m, const char *p)
+{
+    for (size_t k = 0; k < o->n; k++)
+        if (!strcmp(o->v[k].method, m) && !strcmp(o->v[k].path, p)) return 1;
+    return 0;
 }
 
 /* Differences between the routes and the spec's operations, each printed; 0 when equal. */
@@ -282,10 +295,9 @@ static int compare(const srv *s, const ops *o)
     size_t n = srv_route_count(s);
     for (size_t i = 0; i < n; i++) {
         const char *m, *p;
-        int found = 0;
         srv_route_at(s, i, &m, &p);
-        for (size_t k = 0; k < o->n && !found; k++)
-            found = !strcmp(o->v[k].method, m) && !strcmp(o->v[k].path, p);
+        if (is_twin(p)) continue;
+        int found = documented(o, m, p);
         if (!found) diff += problem("the server answers %s %s; api/openapi.yaml lacks it", m, p);
     }
     for (size_t k = 0; k < o->n; k++) {
@@ -503,10 +515,10 @@ static void spec_matches_routes(void)
 {
     env e;
     T_REQUIRE(env_new(&e, NULL) == 0);
-    /* Not vacuous: at least the datasets (4), jobs (7) and operations (3) routes. */
-    T_CHECKF(srv_route_count(e.s) >= 14, "%zu routes", srv_route_count(e.s));
-    T_CHECKF(O.n >= 14, "%zu operations", O.n);
-    T_CHECK(compare(e.s, &O) == 0);
+    /* Not vacuous: at least the datasets (4), jobs (8), operations (3) and page (2) routes. */
+    T_CHECKF(srv_route_count(e.s) >= 17, "%zu routes", srv_route_count(e.s));
+    T_CHECKF(O.n >= 17, "%zu operations", O.n);
+    T_EQ(compare(e.s, &O), 0);
     env_free(&e);
 }
 
@@ -519,14 +531,34 @@ static void route_accessor(void)
     T_REQUIRE(n > 0);
     /* registration order: api_register starts with the datasets */
     T_CHECK(srv_route_at(e.s, 0, &m, &p) == 0 && !strcmp(m, "POST") && !strcmp(p, "/v1/datasets"));
-    T_CHECK(srv_route_at(e.s, n, &m, &p) == ENG_EINVAL);
-    T_CHECK(srv_route_at(e.s, n - 1, NULL, NULL) == 0);
+    T_EQ(srv_route_at(e.s, n, &m, &p), ENG_EINVAL);
+    T_EQ(srv_route_at(e.s, n - 1, NULL, NULL), 0);
+    env_free(&e);
+}
+
+/* Every operation but GET / has its trailing-slash twin, as the spec's description says. */
+static void trailing_slash_twins(void)
+{
+    env e;
+    T_REQUIRE(env_new(&e, NULL) == 0);
+    for (size_t k = 0; k < O.n; k++) {
+        char twin[300];
+        int found = 0;
+        if (!strcmp(O.v[k].path, "/")) continue;
+        snprintf(twin, sizeof twin, "%s/", O.v[k].path);
+        for (size_t i = 0; i < srv_route_count(e.s) && !found; i++) {
+            const char *m, *p;
+            srv_route_at(e.s, i, &m, &p);
+            found = !strcmp(m, O.v[k].method) && !strcmp(p, twin);
+        }
+        T_CHECKF(found, "%s %s has no twin %s", O.v[k].method, O.v[k].path, twin);
+    }
     env_free(&e);
 }
 
 static void spec_is_well_formed(void)
 {
-    T_CHECK(check_spec(&S, &O) == 0);
+    T_EQ(check_spec(&S, &O), 0);
 }
 
 /* The spec's `security: []` operations are exactly those the server answers without a token:
@@ -564,7 +596,7 @@ static void public_routes_match(void)
         T_CHECKF(open == documented, "%s %s: %s without a token, the spec says %s", m, p,
                  open ? "answers" : "401", documented ? "`security: []`" : "bearer");
     }
-    T_CHECK(npublic == 1); /* /healthz */
+    T_EQ(npublic, 3); /* /healthz, and the page: / and /ui/{file} */
     srv_stop(e.s);
     env_free(&e);
 }
@@ -592,43 +624,43 @@ static void checks_can_fail(void)
      * fail even while spec_matches_routes itself fails. */
     int base = compare(e.s, &O);
     /* one path fewer */
-    T_CHECK(spec_edit(&S, p, pe, S.n, NULL, &m) == 0);
+    T_EQ(spec_edit(&S, p, pe, S.n, NULL, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && o->n == O.n - 1 && compare(e.s, o) == base + 1);
     spec_free(&m);
     /* one path more: well-formed, just not served */
     const char *extra[] = {"  /v1/nothing:", "    get:", "      operationId: nothing",
                            "      responses:", "        '200':", "          description: x", NULL};
-    T_CHECK(spec_edit(&S, 0, 0, p, extra, &m) == 0);
+    T_EQ(spec_edit(&S, 0, 0, p, extra, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && o->n == O.n + 1 && compare(e.s, o) == base + 1);
-    T_CHECK(check_spec(&m, o) == 0);
+    T_EQ(check_spec(&m, o), 0);
     spec_free(&m);
     /* post -> put: one route undocumented, one operation unserved */
     const char *put[] = {"    put:", NULL};
-    T_CHECK(spec_edit(&S, post, post + 1, post, put, &m) == 0);
+    T_EQ(spec_edit(&S, post, post + 1, post, put, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && compare(e.s, o) == base + 2);
     spec_free(&m);
     /* a method one space off is a layout error, not a silently lost route */
     const char *shifted[] = {"     post:", NULL};
-    T_CHECK(spec_edit(&S, post, post + 1, post, shifted, &m) == 0);
-    T_CHECK(spec_ops(&m, o) == 2); /* odd indentation; the path left without operations */
+    T_EQ(spec_edit(&S, post, post + 1, post, shifted, &m), 0);
+    T_EQ(spec_ops(&m, o), 2); /* odd indentation; the path left without operations */
     spec_free(&m);
     /* a dangling $ref */
     const char *dangling[] = {"        '418':", "          $ref: '#/components/responses/NoSuchThing'",
                               NULL};
-    T_CHECK(spec_edit(&S, 0, 0, r + 1, dangling, &m) == 0);
+    T_EQ(spec_edit(&S, 0, 0, r + 1, dangling, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && check_spec(&m, o) == 1);
     spec_free(&m);
     /* a key twice in one mapping */
     const char *twice[] = {"      summary: again", NULL};
-    T_CHECK(spec_edit(&S, 0, 0, r, twice, &m) == 0);
+    T_EQ(spec_edit(&S, 0, 0, r, twice, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && check_spec(&m, o) == 1);
     spec_free(&m);
     /* an operation without responses */
-    T_CHECK(spec_edit(&S, r, block_end(&S, r), S.n, NULL, &m) == 0);
+    T_EQ(spec_edit(&S, r, block_end(&S, r), S.n, NULL, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && check_spec(&m, o) == 1);
     spec_free(&m);
     /* {id} no longer declared: the template name, then the count */
-    T_CHECK(spec_edit(&S, params, block_end(&S, params), S.n, NULL, &m) == 0);
+    T_EQ(spec_edit(&S, params, block_end(&S, params), S.n, NULL, &m), 0);
     T_CHECK(spec_ops(&m, o) == 0 && check_spec(&m, o) == 2);
     spec_free(&m);
     quiet = 0;
@@ -651,6 +683,7 @@ int main(void)
     }
     T_RUN(route_accessor);
     T_RUN(spec_matches_routes);
+    T_RUN(trailing_slash_twins);
     T_RUN(spec_is_well_formed);
     T_RUN(public_routes_match);
     T_RUN(checks_can_fail);

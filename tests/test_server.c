@@ -8,9 +8,11 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "net.h"
 #include "npz.h"
 #include "storage/store.h"
 #include "t.h"
+#include "tdata.h"
 #include "thttp.h"
 #include "tserve.h"
 
@@ -49,23 +51,12 @@ static void *slurp(const char *path, size_t *len)
     return b;
 }
 
-/* A 3-class tensor dataset (.npz) whose classes differ in one colour channel. */
+/* A tensor dataset (.npz, tests/tdata.h) of n images, one class per colour channel. */
 static const char *tensor_dataset(int n, int classes)
 {
     static char path[600];
     snprintf(path, sizeof path, "%s/data-%d-%d.npz", t_tmpdir(), n, classes);
-    int64_t xs[] = {n, 3, 32, 32}, ys[] = {n};
-    eng_tensor *x = eng_tensor_new(ENG_F32, 0, 4, xs), *y = eng_tensor_new(ENG_I64, 0, 1, ys);
-    for (int i = 0; i < n; i++) {
-        ((int64_t *)y->data)[i] = i % classes;
-        for (int k = 0; k < 3 * 1024; k++)
-            ((float *)x->data)[(size_t)i * 3 * 1024 + k] = (float)((k * 7 + i * 13) % 17) / 40.0f - 0.2f +
-                                                           (k / 1024 == i % classes ? 0.5f : 0.0f);
-    }
-    eng_npz *z = eng_npz_new();
-    eng_npz_put(z, "x", x), eng_npz_put(z, "y", y);
-    eng_npz_save(path, z, 0, err, sizeof err);
-    eng_npz_free(z);
+    td_colours_npz(path, n, classes);
     return path;
 }
 
@@ -167,7 +158,8 @@ static void dataset_upload_and_job(void)
         if (i) T_CHECK(json_integer_value(json_object_get(json_array_get(ev, i), "seq")) >
                        json_integer_value(json_object_get(json_array_get(ev, i - 1), "seq")));
     }
-    T_CHECKF(types[0] >= 4 && types[1] >= 1 && types[2] >= 2 && types[3] >= 1, "%d %d %d %d",
+    /* status: queued (at creation, with the resolved values), running, succeeded */
+    T_CHECKF(types[0] == 3 && types[1] >= 1 && types[2] >= 2 && types[3] >= 1, "%d %d %d %d",
              types[0], types[1], types[2], types[3]);
     json_decref(j);
     snprintf(path, sizeof path, "/v1/jobs/%s/checkpoints", jid);
@@ -180,7 +172,7 @@ static void dataset_upload_and_job(void)
     /* the dataset is free again: delete removes it and its files */
     snprintf(path, sizeof path, "/v1/datasets/%s", dsid);
     j = call(&s, "DELETE", path, NULL, NULL, 0, &st);
-    T_CHECK(st == 200);
+    T_EQ(st, 200);
     json_decref(j);
     j = call(&s, "GET", path, NULL, NULL, 0, &st);
     T_CHECK(st == 404 && json_object_get(json_object_get(j, "error"), "code"));
@@ -188,7 +180,7 @@ static void dataset_upload_and_job(void)
     char files[800];
     snprintf(files, sizeof files, "%s/var/datasets/%s", dir, dsid);
     struct stat sb;
-    T_CHECK(stat(files, &sb) != 0);
+    T_NE(stat(files, &sb), 0);
     T_CHECK(WIFEXITED(server_stop(&s, SIGTERM)));
 }
 
@@ -242,6 +234,19 @@ static void cancel_running_job(void)
     json_t *j = wait_job(&s, jid, "running", 30);
     T_REQUIRE(j && !strcmp(str(j, "status"), "running"));
     json_decref(j);
+    /* once it reports its speed, the estimated finish comes with the seconds left */
+    json_t *p = NULL;
+    j = NULL;
+    for (int i = 0; i < 600 && !json_is_number(json_object_get(p, "images_per_sec")); i++) {
+        json_decref(j);
+        usleep(50000);
+        snprintf(path, sizeof path, "/v1/jobs/%s", jid);
+        j = call(&s, "GET", path, NULL, NULL, 0, &st);
+        p = json_object_get(j, "progress");
+    }
+    T_CHECK(json_is_number(json_object_get(p, "eta_seconds")) && json_number_value(json_object_get(p, "eta_seconds")) >= 0 &&
+            json_is_string(json_object_get(p, "estimated_finish")));
+    json_decref(j);
     /* while it runs its dataset cannot go */
     snprintf(path, sizeof path, "/v1/datasets/%s", dsid);
     j = call(&s, "DELETE", path, NULL, NULL, 0, &st);
@@ -249,13 +254,17 @@ static void cancel_running_job(void)
     json_decref(j);
     snprintf(path, sizeof path, "/v1/jobs/%s/cancel", jid);
     j = call(&s, "POST", path, NULL, NULL, 0, &st);
-    T_CHECK(st == 200);
+    T_EQ(st, 200);
+    /* answered as it will be: cancelling (or already cancelled if the worker was that quick) */
+    const char *now = j ? str(j, "status") : "";
+    T_CHECKF((!strcmp(now, "cancelling") && json_is_true(json_object_get(j, "cancel_requested"))) ||
+             !strcmp(now, "cancelled"), "%s", now);
     json_decref(j);
     j = wait_job(&s, jid, "cancelled", 20);
     T_CHECK(j && !strcmp(str(j, "status"), "cancelled") && job_step(j) < 100000);
     json_decref(j);
     j = call(&s, "POST", path, NULL, NULL, 0, &st);
-    T_CHECK(st == 409);
+    T_EQ(st, 409);
     json_decref(j);
     server_stop(&s, SIGTERM);
 }
@@ -320,10 +329,10 @@ static void error_statuses(void)
     free(evil);
     char parent[700];
     snprintf(parent, sizeof parent, "%s/var/evil.png", dir);
-    T_CHECK(access(parent, F_OK) != 0);
+    T_NE(access(parent, F_OK), 0);
     char *big = calloc(1, 2 << 20);
     j = call(&s, "POST", "/v1/datasets", "Content-Type: application/x-tar\r\n", big, 2 << 20, &st);
-    T_CHECK(st == 413);
+    T_EQ(st, 413);
     json_decref(j);
     free(big);
     const char *one = upload(&s, tensor_dataset(10, 1), "?format=npz", &st);
@@ -352,6 +361,169 @@ static void error_statuses(void)
     snprintf(body, sizeof body, "/v1/datasets/%s", dsid);
     T_CHECK(expect(&s, "DELETE", body, NULL, NULL, 409, NULL));
     T_CHECK(WIFEXITED(server_stop(&s, SIGTERM))); /* a running job does not block shutdown */
+}
+
+
+/* Runs `bit ARGS` (BIT_BIN) with stdout and stderr into out; returns the exit status. */
+static int bit_cli(const char *args, char *out, size_t outlen)
+{
+    char cmd[2048], path[700];
+    snprintf(path, sizeof path, "%s/cli.out", t_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>&1", getenv("BIT_BIN"), args, path);
+    int st = system(cmd);
+    size_t len = 0;
+    char *b = slurp(path, &len);
+    snprintf(out, outlen, "%.*s", (int)len, b ? b : "");
+    free(b);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *message(json_t *j) { return str(json_object_get(j, "error"), "message"); }
+
+/* What a new user runs into, each answered helpfully: unknown query parameters, the root and
+ * trailing slashes, hyper-parameter names, datasets by name (and ambiguous ones), the upload
+ * field, a deleted dataset, the start-up log, and following a job with bit jobs / bit job. */
+static void first_hour(void)
+{
+    server s;
+    char dir[600], path[400], out[8192], args[600];
+    server_dir(dir, sizeof dir, "first");
+    T_REQUIRE(server_start(&s, dir, NULL) == 0);
+    int st;
+    json_t *j;
+    /* unknown query parameters: 400 naming the valid ones, on any route */
+    T_CHECK(expect(&s, "GET", "/v1/jobs?stauts=running", NULL, NULL, 400, "did you mean status? one of: status, limit, after"));
+    T_CHECK(expect(&s, "GET", "/v1/datasets?limit=3", NULL, NULL, 400, "GET /v1/datasets takes none"));
+    T_CHECK(expect(&s, "GET", "/healthz?verbose=1", NULL, NULL, 400, "takes none"));
+    T_CHECK(expect(&s, "GET", "/v1/jobs?status=done", NULL, NULL, 400,
+                   "one of: validating, queued, running, succeeded, failed, cancelled"));
+    /* the root and trailing slashes point the way */
+    T_CHECK(expect(&s, "GET", "/", NULL, NULL, 404, "GET /v1 lists the routes"));
+    T_CHECK(expect(&s, "GET", "/v1/jobs/", NULL, NULL, 404, "did you mean GET /v1/jobs (no trailing slash)"));
+    T_CHECK(expect(&s, "DELETE", "/v1/datasets/x/", NULL, NULL, 404, "did you mean DELETE /v1/datasets/x "));
+    j = call(&s, "GET", "/v1", NULL, NULL, 0, &st);
+    int routes = 0;
+    json_t *r;
+    size_t i;
+    json_array_foreach(json_object_get(j, "routes"), i, r) routes += !strcmp(str(r, "path"), "/v1/jobs/{id}/events");
+    T_CHECK(st == 200 && routes == 1 && json_array_size(json_object_get(j, "routes")) >= 19);
+    json_decref(j);
+    /* the start-up log names the models directory */
+    size_t len;
+    char *log = slurp(s.log, &len);
+    T_CHECK(log && strstr(log, "\"event\":\"models\"") && strstr(log, "\"base_models\":1") &&
+            strstr(log, "/first/models\""));
+    free(log);
+    /* datasets by name: unique names stand for ids, shared ones are 409 with the ids */
+    char solo[64], c1[64], c2[64], body[1024];
+    const char *id = upload(&s, tensor_dataset(30, 3), "?format=npz&name=solo", &st);
+    T_REQUIRE(id);
+    snprintf(solo, sizeof solo, "%s", id);
+    T_REQUIRE((id = upload(&s, tensor_dataset(30, 3), "?format=npz&name=colors", &st)));
+    snprintf(c1, sizeof c1, "%s", id);
+    T_REQUIRE((id = upload(&s, tensor_dataset(30, 3), "?format=npz&name=colors", &st)));
+    snprintf(c2, sizeof c2, "%s", id);
+    j = call(&s, "GET", "/v1/datasets/solo", NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && !strcmp(str(j, "id"), solo));
+    json_decref(j);
+    j = call(&s, "GET", "/v1/datasets/colors", NULL, NULL, 0, &st);
+    T_CHECK(st == 409 && !strcmp(str(json_object_get(j, "error"), "code"), "ambiguous") &&
+            strstr(message(j), c1) && strstr(message(j), c2));
+    json_decref(j);
+    const char *js = "Content-Type: application/json\r\n";
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"dataset\": \"colors\", \"base_model\": \"tiny\"}", 409, c2));
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"dataset\": \"fmnist\", \"base_model\": \"tiny\"}", 422,
+                   "no dataset with the id or name 'fmnist'"));
+    /* one vocabulary: "res" is "resolution"; mistakes name what was meant */
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"dataset\": \"solo\", \"base_model\": \"tiny\", "
+                   "\"hyperparameters\": {\"stepz\": 4}}", 400, "did you mean steps? one of: steps, schedule"));
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"dataset\": \"solo\", \"model\": \"tiny\"}", 400, "\"base_model\""));
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"dataset\": \"solo\", \"base_model\": \"tiny\", \"steps\": 4}", 400,
+                   "inside \"hyperparameters\""));
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, "{\"datset\": \"solo\", \"base_model\": \"tiny\"}", 400,
+                   "did you mean dataset? one of: dataset, base_model, hyperparameters, name"));
+    snprintf(body, sizeof body, "{\"dataset\": \"solo\", \"base_model\": \"tiny\", \"name\": \"first\", "
+             "\"hyperparameters\": {\"res\": [36, 32], \"steps\": 10, \"batch\": 6, \"eval_every\": 5}}");
+    j = call(&s, "POST", "/v1/jobs", js, body, strlen(body), &st);
+    char jid[64];
+    snprintf(jid, sizeof jid, "%s", str(j, "id") ? str(j, "id") : "");
+    json_t *res = json_object_get(json_object_get(j, "requested"), "res");
+    T_CHECK(st == 201 && !strcmp(str(j, "dataset"), solo) && json_integer_value(json_array_get(res, 0)) == 36);
+    T_CHECK(json_is_false(json_object_get(j, "dataset_deleted")) &&
+            json_is_null(json_object_get(json_object_get(j, "progress"), "eta_seconds")));
+    json_decref(j);
+    /* bit job watch follows it to the end: the resolved values, evaluations, the model */
+    snprintf(args, sizeof args, "job watch %s --url http://127.0.0.1:%d", jid, s.port);
+    T_EQ(bit_cli(args, out, sizeof out), 0);
+    T_CHECKF(strstr(out, "resolved: --batch 6 --batch-split 1") && strstr(out, "--res 32,32") /* tensors: as stored */ &&
+             strstr(out, "step 5: val top-1") && strstr(out, "status: running -> succeeded") &&
+             strstr(out, " succeeded: model mdl_"), "%s", out);
+    snprintf(args, sizeof args, "jobs --url http://127.0.0.1:%d", s.port);
+    T_EQ(bit_cli(args, out, sizeof out), 0);
+    T_CHECKF(strstr(out, jid) && strstr(out, "succeeded") && strstr(out, "10/10"), "%s", out);
+    snprintf(args, sizeof args, "job cancel %s --url http://127.0.0.1:%d", jid, s.port);
+    T_CHECK(bit_cli(args, out, sizeof out) == 1 && strstr(out, "already finished (HTTP 409)"));
+    T_CHECK(bit_cli("jobs --url http://127.0.0.1:1", out, sizeof out) == 1 && strstr(out, "is `bit serve` running"));
+    T_CHECK(bit_cli("job frob x", out, sizeof out) == 2 && strstr(out, "show, watch or cancel"));
+    /* the dataset goes: its job says so, and so does a new job naming it */
+    snprintf(path, sizeof path, "/v1/datasets/%s", solo);
+    j = call(&s, "DELETE", path, NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && !strcmp(str(j, "id"), solo));
+    json_decref(j);
+    snprintf(path, sizeof path, "/v1/jobs/%s", jid);
+    j = call(&s, "GET", path, NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && json_is_true(json_object_get(j, "dataset_deleted")) && json_is_null(json_object_get(j, "dataset")));
+    json_decref(j);
+    snprintf(body, sizeof body, "{\"dataset\": \"%s\", \"base_model\": \"tiny\"}", solo);
+    T_CHECK(expect(&s, "POST", "/v1/jobs", js, body, 422, "('solo') was deleted at"));
+    /* the upload part is "file" on both upload routes ("dataset" is still taken on jobs) */
+    size_t dlen, blen;
+    char ctype[256];
+    void *data = slurp(tensor_dataset(30, 2), &dlen);
+    const char *params = "{\"base_model\": \"tiny\", \"hyperparameters\": {\"steps\": 2, \"batch\": 6}}";
+    th_part parts[] = {{"file", "two.npz", data, dlen}, {"params", NULL, params, strlen(params)}};
+    char *mp = th_multipart(parts, 2, &blen, ctype, sizeof ctype);
+    j = call(&s, "POST", "/v1/jobs", ctype, mp, blen, &st);
+    T_CHECKF(st == 201 && str(j, "dataset"), "status %d", st);
+    json_decref(j);
+    free(mp);
+    th_part dsparts[] = {{"dataset", "three.npz", data, dlen}};
+    mp = th_multipart(dsparts, 1, &blen, ctype, sizeof ctype);
+    j = call(&s, "POST", "/v1/datasets", ctype, mp, blen, &st);
+    T_CHECK(st == 201 && !strcmp(str(j, "name"), "three.npz"));
+    json_decref(j);
+    free(mp);
+    const char *with_ds = "{\"base_model\": \"tiny\", \"dataset\": \"colors\"}";
+    th_part both[] = {{"file", "two.npz", data, dlen}, {"params", NULL, with_ds, strlen(with_ds)}};
+    mp = th_multipart(both, 2, &blen, ctype, sizeof ctype);
+    j = call(&s, "POST", "/v1/jobs", ctype, mp, blen, &st);
+    T_CHECK(st == 400 && strstr(message(j), "params.dataset"));
+    json_decref(j);
+    free(mp);
+    free(data);
+    T_CHECK(WIFEXITED(server_stop(&s, SIGTERM)));
+}
+
+/* An empty models directory: the log and /readyz say where models go and how to get one. */
+static void no_models_yet(void)
+{
+    server s;
+    char dir[600];
+    server_dir(dir, sizeof dir, "empty");
+    T_REQUIRE(ts_start(&s, getenv("BIT_BIN"), dir, NULL, NULL, NULL) == 0);
+    int st;
+    json_t *j = call(&s, "GET", "/readyz", NULL, NULL, 0, &st);
+    T_CHECK(st == 200 && json_integer_value(json_object_get(j, "models_checked")) == 0 && str(j, "hint") &&
+            strstr(str(j, "hint"), "bit-fetch-weights"));
+    /* inference's precision by default: auto, resolved for this CPU */
+    T_CHECK(str(j, "precision") && !strcmp(str(j, "precision"), eng_precision_name(eng_precision_resolve(ENG_PREC_AUTO))));
+    json_decref(j);
+    size_t len;
+    char *log = slurp(s.log, &len);
+    T_CHECK(log && strstr(log, "\"message\":\"no base models in ") && strstr(log, "/empty/models:") &&
+            strstr(log, "without a network, copy a .npz"));
+    free(log);
+    T_CHECK(WIFEXITED(server_stop(&s, SIGTERM)));
 }
 
 /* kill -9 in the middle of a job; after a restart it resumes from its checkpoint. */
@@ -396,7 +568,7 @@ static void crash_and_resume(void)
     snprintf(db, sizeof db, "%s/var/bit.db", dir);
     store *stdb = NULL;
     T_REQUIRE(store_open(db, &stdb, err, sizeof err) == 0);
-    T_CHECK(store_integrity_check(stdb, err, sizeof err) == 0);
+    T_EQ(store_integrity_check(stdb, err, sizeof err), 0);
     store_close(stdb);
 }
 
@@ -408,5 +580,7 @@ int main(void)
     T_RUN(cancel_running_job);
     T_RUN(error_statuses);
     T_RUN(crash_and_resume);
+    T_RUN(first_hour);
+    T_RUN(no_models_yet);
     return t_done();
 }

@@ -35,9 +35,13 @@ static int make_dataset(store *s, char id[STORE_ID_MAX])
     return store_dataset_create(s, &d, id, err, sizeof err);
 }
 
+/* A job in `validating`, named uniquely (unfinished jobs may not share a name). */
 static int make_job(store *s, const char *ds, char id[STORE_ID_MAX])
 {
-    store_job_new j = {.name = "tune", .dataset_id = ds, .base_model = "BiT-M-R50x1",
+    static int k;
+    char name[32];
+    snprintf(name, sizeof name, "tune%d", k++);
+    store_job_new j = {.name = name, .dataset_id = ds, .base_model = "BiT-M-R50x1",
                        .params_json = "{\"lr\": 0.003}"};
     return store_job_create(s, &j, id, err, sizeof err);
 }
@@ -116,12 +120,12 @@ static void open_fresh_pragmas(void)
     T_REQUIRE(sqlite3_prepare_v2(s->db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK);
     T_CHECK(sqlite3_step(st) == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal"));
     sqlite3_finalize(st);
-    T_CHECK(store_integrity_check(s, err, sizeof err) == 0);
+    T_EQ(store_integrity_check(s, err, sizeof err), 0);
     store_close(s);
     store_close(NULL);
     /* Opening again does not re-run migrations (they would fail on existing tables). */
     s = open_db("fresh.db");
-    T_CHECK(s != NULL);
+    T_NE(s, NULL);
     store_close(s);
 }
 
@@ -145,7 +149,7 @@ static void ids_and_times(void)
     int64_t now = store_now_ms();
     T_CHECK(now > 1600000000000LL && now < 4000000000000LL);
     for (int i = 0; i < STORE_NSTATUS; i++)
-        T_CHECK(store_status_parse(store_status_name((store_status)i)) == i);
+        T_EQ(store_status_parse(store_status_name((store_status)i)), i);
     T_CHECK(store_status_parse("paused") == -1 && store_status_parse(NULL) == -1);
 }
 
@@ -167,7 +171,7 @@ static void transitions_all_pairs(void)
     T_REQUIRE(make_dataset(s, ds) == 0);
     for (int from = 0; from < STORE_NSTATUS; from++) {
         for (int to = 0; to < STORE_NSTATUS; to++) {
-            T_CHECK(store_transition_legal(from, to) == want[from][to]);
+            T_EQ(store_transition_legal(from, to), want[from][to]);
             T_REQUIRE(make_job(s, ds, id) == 0);
             T_REQUIRE(drive_to(s, id, from) == 0 && status_of(s, id) == (store_status)from);
             int64_t before = event_count(s, id);
@@ -175,12 +179,12 @@ static void transitions_all_pairs(void)
                                           "details", err, sizeof err);
             if (want[from][to]) {
                 T_CHECKF(rc == 0, "%d -> %d: %s", from, to, err);
-                T_CHECK(status_of(s, id) == (store_status)to);
-                T_CHECK(event_count(s, id) == before + 1);
+                T_EQ(status_of(s, id), (store_status)to);
+                T_EQ(event_count(s, id), before + 1);
             } else {
                 T_CHECKF(rc == STORE_ECONFLICT, "%d -> %d gave %d", from, to, rc);
-                T_CHECK(status_of(s, id) == (store_status)from);
-                T_CHECK(event_count(s, id) == before);
+                T_EQ(status_of(s, id), (store_status)from);
+                T_EQ(event_count(s, id), before);
             }
         }
     }
@@ -197,12 +201,12 @@ static void transition_details(void)
     T_CHECK(store_job_transition(s, id, STORE_QUEUED, STORE_RUNNING, NULL, NULL, err,
                                  sizeof err) == STORE_ECONFLICT);
     T_CHECK(strstr(err, "validating") != NULL);
-    T_CHECK(status_of(s, id) == STORE_VALIDATING);
+    T_EQ(status_of(s, id), STORE_VALIDATING);
     T_CHECK(store_job_transition(s, "job_0000000000000000", STORE_ANY, STORE_QUEUED, NULL, NULL,
                                  err, sizeof err) == ENG_ENOTFOUND);
     T_CHECK(store_job_transition(s, id, STORE_ANY, STORE_NSTATUS, NULL, NULL, err,
                                  sizeof err) == ENG_EINVAL);
-    T_CHECK(drive_to(s, id, STORE_RUNNING) == 0);
+    T_EQ(drive_to(s, id, STORE_RUNNING), 0);
     T_CHECK(store_job_transition(s, id, STORE_RUNNING, STORE_FAILED, NULL, NULL, err,
                                  sizeof err) == ENG_EINVAL); /* failed needs a reason */
     T_CHECK(store_job_transition(s, id, STORE_RUNNING, STORE_FAILED, "oom",
@@ -298,10 +302,10 @@ static void claim_concurrent(void)
     int total = 0;
     for (int i = 0; i < 4; i++) {
         pthread_join(th[i], NULL);
-        T_CHECK(c[i].failed == 0);
+        T_EQ(c[i].failed, 0);
         total += c[i].n;
     }
-    T_CHECK(total == NCLAIM);
+    T_EQ(total, NCLAIM);
     for (int k = 0; k < NCLAIM; k++) {
         int seen = 0;
         for (int i = 0; i < 4; i++)
@@ -330,14 +334,14 @@ static void recover_after_crash(void)
     store_close(s); /* the process "dies" with two jobs running */
     s = open_db("recover.db");
     T_REQUIRE(s);
-    T_CHECK(store_recover(s, err, sizeof err) == 2);
+    T_EQ(store_recover(s, err, sizeof err), 2);
     store_job *j = NULL;
     T_REQUIRE(store_job_get(s, run, &j, err, sizeof err) == 0);
     T_CHECK(j->status == STORE_QUEUED && j->step == 17 && !j->cancel_requested);
     T_CHECK(j->finished_at == 0 && j->started_at > 0);
     store_job_free(j);
-    T_CHECK(status_of(s, cancel) == STORE_CANCELLED);
-    T_CHECK(status_of(s, queued) == STORE_QUEUED);
+    T_EQ(status_of(s, cancel), STORE_CANCELLED);
+    T_EQ(status_of(s, queued), STORE_QUEUED);
     store_events ev;
     T_REQUIRE(store_event_list(s, run, 0, 100, &ev, err, sizeof err) == 0 && ev.n > 0);
     const store_event *last = &ev.v[ev.n - 1];
@@ -346,7 +350,7 @@ static void recover_after_crash(void)
     T_CHECK(last->data_json && strstr(last->data_json, "requeued after restart"));
     T_CHECK(last->step == 17);
     store_events_free(&ev);
-    T_CHECK(store_recover(s, err, sizeof err) == 0);
+    T_EQ(store_recover(s, err, sizeof err), 0);
     /* The requeued job is claimed again before the younger one. */
     T_REQUIRE(store_job_claim_next(s, &j, err, sizeof err) == 0 && j);
     T_CHECK(!strcmp(j->id, run));
@@ -391,8 +395,8 @@ static void cancel_and_progress(void)
     store_job_free(j);
     T_CHECK(store_job_transition(s, r, STORE_RUNNING, STORE_CANCELLED, NULL, NULL, err,
                                  sizeof err) == 0);
-    T_CHECK(store_job_progress(s, r, &p, NULL, err, sizeof err) == STORE_ECONFLICT);
-    T_CHECK(store_job_request_cancel(s, r, &now, err, sizeof err) == STORE_ECONFLICT);
+    T_EQ(store_job_progress(s, r, &p, NULL, err, sizeof err), STORE_ECONFLICT);
+    T_EQ(store_job_request_cancel(s, r, &now, err, sizeof err), STORE_ECONFLICT);
     T_CHECK(store_job_progress(s, "job_ffffffffffffffff", &p, NULL, err, sizeof err) ==
             ENG_ENOTFOUND);
     T_CHECK(store_job_cancel_requested(s, "job_ffffffffffffffff", &yes, err, sizeof err) ==
@@ -411,7 +415,7 @@ static void events_paging(void)
         char data[64];
         snprintf(data, sizeof data, "{\"loss\": %d}", i);
         T_REQUIRE(store_event_add(s, id, "train", i * 10, data, &seq, err, sizeof err) == 0);
-        T_CHECK(seq == i + 2); /* seq 1 is the creation event */
+        T_EQ(seq, i + 2); /* seq 1 is the creation event */
     }
     T_CHECK(store_event_add(s, other, "eval", -1, NULL, &seq, err, sizeof err) == 0 && seq == 2);
     store_events ev;
@@ -422,7 +426,7 @@ static void events_paging(void)
         for (size_t i = 0; i < ev.n; i++) T_CHECK(ev.v[i].seq == expect++);
         after = ev.n ? ev.v[ev.n - 1].seq : after;
         int more = ev.more;
-        T_CHECK(ev.n == (pages < 2 ? 4u : 2u));
+        T_EQ(ev.n, (pages < 2 ? 4u : 2u));
         store_events_free(&ev);
         pages++;
         if (!more) break;
@@ -439,7 +443,7 @@ static void events_paging(void)
     store_events_free(&ev); /* an empty page is still the caller's to free */
     T_CHECK(store_event_list(s, "job_0123456789abcdef", 0, 10, &ev, err, sizeof err) ==
             ENG_ENOTFOUND);
-    T_CHECK(store_event_list(s, id, 0, 0, &ev, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_event_list(s, id, 0, 0, &ev, err, sizeof err), ENG_EINVAL);
     T_CHECK(store_event_add(s, "job_0123456789abcdef", "train", 1, NULL, NULL, err, sizeof err) ==
             ENG_ENOTFOUND);
     T_CHECK(store_event_add(s, id, "train", 1, "{nope", NULL, err, sizeof err) == ENG_EINVAL);
@@ -486,8 +490,8 @@ static void job_list_paging(void)
     T_REQUIRE(store_job_list(s, STORE_QUEUED, after, 4, &l, err, sizeof err) == 0);
     T_CHECK(l.n == 1 && !l.more && !strcmp(l.v[0].id, id[0]));
     store_jobs_free(&l);
-    T_CHECK(store_job_list(s, STORE_ANY, 0, 0, &l, err, sizeof err) == ENG_EINVAL);
-    T_CHECK(store_job_list(s, STORE_ANY, 0, STORE_LIST_MAX + 1, &l, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_job_list(s, STORE_ANY, 0, 0, &l, err, sizeof err), ENG_EINVAL);
+    T_EQ(store_job_list(s, STORE_ANY, 0, STORE_LIST_MAX + 1, &l, err, sizeof err), ENG_EINVAL);
     store_close(s);
 }
 
@@ -497,28 +501,33 @@ static void dataset_delete_rules(void)
     T_REQUIRE(s);
     char ds[STORE_ID_MAX], a[STORE_ID_MAX], b[STORE_ID_MAX];
     T_REQUIRE(make_dataset(s, ds) == 0 && make_job(s, ds, a) == 0 && make_job(s, ds, b) == 0);
-    T_CHECK(store_dataset_delete(s, ds, err, sizeof err) == STORE_EINUSE); /* validating */
+    T_EQ(store_dataset_delete(s, ds, err, sizeof err), STORE_EINUSE); /* validating */
     T_REQUIRE(drive_to(s, a, STORE_QUEUED) == 0 && drive_to(s, b, STORE_RUNNING) == 0);
-    T_CHECK(store_dataset_delete(s, ds, err, sizeof err) == STORE_EINUSE);
+    T_EQ(store_dataset_delete(s, ds, err, sizeof err), STORE_EINUSE);
     T_CHECK(strstr(err, "2 unfinished jobs") != NULL);
     T_REQUIRE(store_job_transition(s, a, STORE_QUEUED, STORE_CANCELLED, NULL, NULL, err,
                                    sizeof err) == 0);
-    T_CHECK(store_dataset_delete(s, ds, err, sizeof err) == STORE_EINUSE); /* b still runs */
+    T_EQ(store_dataset_delete(s, ds, err, sizeof err), STORE_EINUSE); /* b still runs */
     T_REQUIRE(store_job_transition(s, b, STORE_RUNNING, STORE_SUCCEEDED, NULL, NULL, err,
                                    sizeof err) == 0);
     store_dataset *d = NULL;
     T_CHECK(store_dataset_get(s, ds, &d, err, sizeof err) == 0 && d);
     store_dataset_free(d);
-    T_CHECK(store_dataset_delete(s, ds, err, sizeof err) == 0);
+    T_EQ(store_dataset_delete(s, ds, err, sizeof err), 0);
+    /* a deleted dataset is remembered: referring to it later says so, not "not found" */
     T_CHECK(store_dataset_get(s, ds, &d, err, sizeof err) == ENG_ENOTFOUND && !d);
-    T_CHECK(store_dataset_delete(s, ds, err, sizeof err) == ENG_ENOTFOUND);
+    T_CHECKF(strstr(err, "was deleted at 20") && strstr(err, ds), "%s", err);
+    T_EQ(store_dataset_delete(s, ds, err, sizeof err), ENG_ENOTFOUND);
+    T_CHECKF(strstr(err, "was deleted"), "%s", err);
+    T_CHECK(store_dataset_get(s, "ds_00000000000000ff", &d, err, sizeof err) == ENG_ENOTFOUND &&
+            strstr(err, "not found"));
     store_job *j = NULL;
     T_REQUIRE(store_job_get(s, b, &j, err, sizeof err) == 0);
     T_CHECK(j->dataset_id == NULL && j->status == STORE_SUCCEEDED); /* history kept */
     store_job_free(j);
     char c[STORE_ID_MAX];
-    T_CHECK(make_job(s, ds, c) == ENG_ENOTFOUND); /* no jobs on a deleted dataset */
-    T_CHECK(store_integrity_check(s, err, sizeof err) == 0);
+    T_EQ(make_job(s, ds, c), ENG_ENOTFOUND); /* no jobs on a deleted dataset */
+    T_EQ(store_integrity_check(s, err, sizeof err), 0);
     store_close(s);
 }
 
@@ -530,17 +539,17 @@ static void datasets_crud(void)
     T_REQUIRE(store_id_new("ds", given, err, sizeof err) == 0);
     store_dataset_new d = {.id = given, .name = "a", .status = "importing", .path = "p/a"};
     T_REQUIRE(store_dataset_create(s, &d, id1, err, sizeof err) == 0 && !strcmp(id1, given));
-    T_CHECK(store_dataset_create(s, &d, id2, err, sizeof err) == STORE_EEXISTS);
+    T_EQ(store_dataset_create(s, &d, id2, err, sizeof err), STORE_EEXISTS);
     d.id = "ds_../../etc";
-    T_CHECK(store_dataset_create(s, &d, id2, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_dataset_create(s, &d, id2, err, sizeof err), ENG_EINVAL);
     d.id = NULL;
     d.summary_json = "{broken";
-    T_CHECK(store_dataset_create(s, &d, id2, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_dataset_create(s, &d, id2, err, sizeof err), ENG_EINVAL);
     d.summary_json = NULL;
     d.name = "b";
     T_REQUIRE(store_dataset_create(s, &d, id2, err, sizeof err) == 0 && strncmp(id2, "ds_", 3) == 0);
     T_CHECK(store_dataset_update(s, id1, "ready", "{\"images\": 10}", 999, err, sizeof err) == 0);
-    T_CHECK(store_dataset_update(s, id1, NULL, NULL, -1, err, sizeof err) == 0);
+    T_EQ(store_dataset_update(s, id1, NULL, NULL, -1, err, sizeof err), 0);
     T_CHECK(store_dataset_update(s, "ds_0000000000000000", "ready", NULL, -1, err, sizeof err) ==
             ENG_ENOTFOUND);
     store_dataset *g = NULL;
@@ -552,6 +561,17 @@ static void datasets_crud(void)
     T_REQUIRE(store_dataset_list(s, &l, err, sizeof err) == 0);
     T_CHECK(l.n == 2 && !strcmp(l.v[0].id, id2) && !strcmp(l.v[1].id, id1)); /* newest first */
     store_datasets_free(&l);
+    /* names need not be unique: by name, every dataset that has it, newest first */
+    char id3[STORE_ID_MAX];
+    T_REQUIRE(store_dataset_create(s, &d, id3, err, sizeof err) == 0); /* a second "b" */
+    T_REQUIRE(store_dataset_list_named(s, "b", &l, err, sizeof err) == 0);
+    T_CHECK(l.n == 2 && !strcmp(l.v[0].id, id3) && !strcmp(l.v[1].id, id2));
+    store_datasets_free(&l);
+    T_REQUIRE(store_dataset_list_named(s, "a", &l, err, sizeof err) == 0);
+    T_CHECK(l.n == 1 && !strcmp(l.v[0].id, id1));
+    store_datasets_free(&l);
+    T_CHECK(store_dataset_list_named(s, "nothing", &l, err, sizeof err) == 0 && l.n == 0);
+    T_EQ(store_dataset_list_named(s, NULL, &l, err, sizeof err), ENG_EINVAL);
     store_close(s);
 }
 
@@ -564,23 +584,74 @@ static void jobs_and_events_cascade(void)
     for (int i = 0; i < 5; i++)
         T_REQUIRE(store_event_add(s, id, "train", i, NULL, NULL, err, sizeof err) == 0);
     T_REQUIRE(drive_to(s, id, STORE_RUNNING) == 0);
-    T_CHECK(store_job_delete(s, id, err, sizeof err) == STORE_EINUSE);
+    T_EQ(store_job_delete(s, id, err, sizeof err), STORE_EINUSE);
     T_CHECK(raw_int(s, "SELECT COUNT(*) FROM job_events") == 8);
     T_REQUIRE(store_job_transition(s, id, STORE_RUNNING, STORE_FAILED, "x", NULL, err,
                                    sizeof err) == 0);
-    T_CHECK(store_job_delete(s, id, err, sizeof err) == 0);
+    T_EQ(store_job_delete(s, id, err, sizeof err), 0);
     T_CHECK(raw_int(s, "SELECT COUNT(*) FROM job_events") == 0);
     store_job *j = NULL;
     T_CHECK(store_job_get(s, id, &j, err, sizeof err) == ENG_ENOTFOUND && !j);
-    T_CHECK(store_job_delete(s, id, err, sizeof err) == ENG_ENOTFOUND);
+    T_EQ(store_job_delete(s, id, err, sizeof err), ENG_ENOTFOUND);
     /* Bad inputs are refused before anything is written. */
     store_job_new bad = {.name = "n", .dataset_id = ds, .base_model = "m", .params_json = "[1,"};
     char nid[STORE_ID_MAX];
-    T_CHECK(store_job_create(s, &bad, nid, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_job_create(s, &bad, nid, err, sizeof err), ENG_EINVAL);
     bad.params_json = "{}";
     bad.name = "";
-    T_CHECK(store_job_create(s, &bad, nid, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_job_create(s, &bad, nid, err, sizeof err), ENG_EINVAL);
     T_CHECK(raw_int(s, "SELECT COUNT(*) FROM jobs") == 0);
+    store_close(s);
+}
+
+/* One name space: a job may not take a model's name, nor that of another unfinished job; a
+ * finished job's name is free again. Created with resolved values, a job starts queued. */
+static void job_names_and_queued_creation(void)
+{
+    store *s = open_db("names.db");
+    T_REQUIRE(s);
+    char ds[STORE_ID_MAX], a[STORE_ID_MAX], b[STORE_ID_MAX], m[STORE_ID_MAX];
+    T_REQUIRE(make_dataset(s, ds) == 0);
+    store_model_new mn = {.name = "taken", .kind = "base", .path = "models/taken.npz"};
+    T_REQUIRE(store_model_create(s, &mn, m, err, sizeof err) == 0);
+    store_job_new j = {.name = "taken", .dataset_id = ds, .base_model = "x", .params_json = "{}",
+                       .resolved_json = "{\"steps\": 7}", .total_steps = 7};
+    T_EQ(store_job_create(s, &j, a, err, sizeof err), STORE_EEXISTS);
+    T_CHECK(strstr(err, "taken") != NULL);
+    j.name = "mine";
+    T_REQ_EQ(store_job_create(s, &j, a, err, sizeof err), 0);
+    T_EQ(status_of(s, a), STORE_QUEUED);
+    store_job *got = NULL;
+    T_REQ_EQ(store_job_get(s, a, &got, err, sizeof err), 0);
+    T_EQ(got->total_steps, 7);
+    T_STREQ(got->resolved_json, "{\"steps\": 7}");
+    store_job_free(got);
+    T_EQ(store_job_create(s, &j, b, err, sizeof err), STORE_EEXISTS);
+    T_EQ(store_job_transition(s, a, STORE_QUEUED, STORE_CANCELLED, NULL, NULL, err, sizeof err), 0);
+    T_EQ(store_job_create(s, &j, b, err, sizeof err), 0);
+    j.resolved_json = "not json";
+    j.name = "other";
+    T_EQ(store_job_create(s, &j, b, err, sizeof err), ENG_EINVAL);
+    store_close(s);
+}
+
+/* A cancel accepted while the job finishes wins over its success: no model, and the job
+ * can then only end cancelled. */
+static void cancel_beats_success(void)
+{
+    store *s = open_db("cancelwins.db");
+    T_REQUIRE(s);
+    char ds[STORE_ID_MAX], id[STORE_ID_MAX], m[STORE_ID_MAX];
+    T_REQUIRE(make_dataset(s, ds) == 0 && make_job(s, ds, id) == 0 && drive_to(s, id, STORE_RUNNING) == 0);
+    store_status now;
+    T_REQ_EQ(store_job_request_cancel(s, id, &now, err, sizeof err), 0);
+    T_EQ(now, STORE_RUNNING);
+    store_model_new mn = {.name = "late", .kind = "fine-tuned", .path = "jobs/x/model.npz"};
+    T_EQ(store_job_succeed(s, id, &mn, m, err, sizeof err), STORE_ECONFLICT);
+    store_model *got = NULL;
+    T_EQ(store_model_get_by_name(s, "late", &got, err, sizeof err), ENG_ENOTFOUND);
+    T_EQ(status_of(s, id), STORE_RUNNING);
+    T_EQ(store_job_transition(s, id, STORE_RUNNING, STORE_CANCELLED, NULL, NULL, err, sizeof err), 0);
     store_close(s);
 }
 
@@ -592,19 +663,19 @@ static void models(void)
     store_model_new m = {.name = "BiT-M-R50x1", .kind = "base", .path = "models/r50.npz",
                          .architecture = "R50x1", .resolution = 224, .bytes = 100};
     T_REQUIRE(store_model_create(s, &m, base, err, sizeof err) == 0);
-    T_CHECK(store_model_create(s, &m, x, err, sizeof err) == STORE_EEXISTS); /* same name */
+    T_EQ(store_model_create(s, &m, x, err, sizeof err), STORE_EEXISTS); /* same name */
     m.kind = "tuned";
     m.name = "other";
-    T_CHECK(store_model_create(s, &m, x, err, sizeof err) == ENG_EINVAL);
+    T_EQ(store_model_create(s, &m, x, err, sizeof err), ENG_EINVAL);
     T_REQUIRE(make_dataset(s, ds) == 0 && make_job(s, ds, job) == 0);
     store_model_new out = {.name = "flowers-r50", .kind = "fine-tuned", .path = "models/f.npz",
                            .classes_json = "[\"daisy\", \"rose\"]", .resolution = 128};
     /* Not running yet: no model is left behind by the refused hand-over. */
-    T_CHECK(store_job_succeed(s, job, &out, tuned, err, sizeof err) == STORE_ECONFLICT);
+    T_EQ(store_job_succeed(s, job, &out, tuned, err, sizeof err), STORE_ECONFLICT);
     store_model *g = NULL;
     T_CHECK(store_model_get_by_name(s, "flowers-r50", &g, err, sizeof err) == ENG_ENOTFOUND);
     T_REQUIRE(drive_to(s, job, STORE_RUNNING) == 0);
-    T_CHECK(store_model_delete(s, base, err, sizeof err) == STORE_EINUSE); /* base of a live job */
+    T_EQ(store_model_delete(s, base, err, sizeof err), STORE_EINUSE); /* base of a live job */
     T_REQUIRE(store_job_succeed(s, job, &out, tuned, err, sizeof err) == 0);
     store_job *j = NULL;
     T_REQUIRE(store_job_get(s, job, &j, err, sizeof err) == 0);
@@ -621,13 +692,13 @@ static void models(void)
     T_REQUIRE(store_model_list(s, "base", &l, err, sizeof err) == 0);
     T_CHECK(l.n == 1 && !strcmp(l.v[0].name, "BiT-M-R50x1") && l.v[0].bytes == 100);
     store_models_free(&l);
-    T_CHECK(store_model_delete(s, base, err, sizeof err) == 0);
-    T_CHECK(store_model_delete(s, tuned, err, sizeof err) == 0);
+    T_EQ(store_model_delete(s, base, err, sizeof err), 0);
+    T_EQ(store_model_delete(s, tuned, err, sizeof err), 0);
     T_REQUIRE(store_job_get(s, job, &j, err, sizeof err) == 0);
     T_CHECK(j->model_id == NULL); /* the job's record outlives its model */
     store_job_free(j);
-    T_CHECK(store_model_delete(s, tuned, err, sizeof err) == ENG_ENOTFOUND);
-    T_CHECK(store_integrity_check(s, err, sizeof err) == 0);
+    T_EQ(store_model_delete(s, tuned, err, sizeof err), ENG_ENOTFOUND);
+    T_EQ(store_integrity_check(s, err, sizeof err), 0);
     store_close(s);
 }
 
@@ -661,9 +732,9 @@ static void migrate_from_v1(void)
     T_CHECK(event_count(s, "job_00000000000000bb") == 1);
     T_CHECK(store_job_claim_next(s, &j, err, sizeof err) == 0 && j);
     store_job_free(j);
-    T_CHECK(store_integrity_check(s, err, sizeof err) == 0);
+    T_EQ(store_integrity_check(s, err, sizeof err), 0);
     store_close(s);
-    T_CHECK(st_migrate(NULL, 99, err, sizeof err) == ENG_EINVAL);
+    T_EQ(st_migrate(NULL, 99, err, sizeof err), ENG_EINVAL);
 }
 
 static void refuse_newer_and_garbage(void)
@@ -707,7 +778,7 @@ static void reopen_persists(void)
     T_CHECK(j->val_top5 == 0.9 && !strcmp(j->resolved_json, "{\"steps\": 500}"));
     T_CHECK(!strcmp(j->dataset_id, ds) && !strcmp(j->base_model, "BiT-M-R50x1"));
     store_job_free(j);
-    T_CHECK(event_count(s, id) == 3);
+    T_EQ(event_count(s, id), 3);
     store_close(s);
 }
 
@@ -744,7 +815,7 @@ static void crash_check(store *s, const char *id)
         store_events_free(&ev);
         T_REQUIRE(store_event_list(s, id, after, STORE_LIST_MAX, &ev, err, sizeof err) == 0);
         for (size_t i = 0; i < ev.n; i++) {
-            T_CHECK(ev.v[i].seq == expect++);
+            T_EQ(ev.v[i].seq, expect++);
             if (!strcmp(ev.v[i].type, "train")) last_train = ev.v[i].step;
             if (!strcmp(ev.v[i].type, "status")) event_to(&ev.v[i], to, sizeof to);
         }
@@ -794,7 +865,7 @@ static void crash_kill9(void)
         crash_check(s, id);
         int moved = store_recover(s, err, sizeof err);
         T_CHECK(moved == 0 || moved == 1);
-        T_CHECK(status_of(s, id) == STORE_QUEUED);
+        T_EQ(status_of(s, id), STORE_QUEUED);
         crash_check(s, id);
         store_close(s);
     }
@@ -815,6 +886,8 @@ int main(void)
     T_RUN(dataset_delete_rules);
     T_RUN(datasets_crud);
     T_RUN(jobs_and_events_cascade);
+    T_RUN(job_names_and_queued_creation);
+    T_RUN(cancel_beats_success);
     T_RUN(models);
     T_RUN(migrate_from_v1);
     T_RUN(refuse_newer_and_garbage);

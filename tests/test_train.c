@@ -5,6 +5,7 @@
 #include "hyper.h"
 #include "train.h"
 #include "t.h"
+#include "ttraj.h"
 
 static char err[512];
 
@@ -53,17 +54,12 @@ static void grad_cb(double got, double ref, double start, void *ud)
     if (d - lim > g->worst_excess) g->worst_excess = d - lim;
 }
 
-static eng_trainer *trainer_from(eng_npz *z, int micro, int zero_head)
+/* A float32 trainer on model.npz as it is (head included), micro-batches of `micro`. */
+static eng_trainer *trainer_from(eng_npz *z, int micro)
 {
     eng_arch a;
     eng_trainer *t = NULL;
     if (eng_arch_from_npz(z, &a, err, sizeof err)) return NULL;
-    if (zero_head) {
-        memset(eng_npz_get_mut(z, "resnet/head/conv2d/kernel")->data, 0,
-               eng_tensor_bytes(eng_npz_get(z, "resnet/head/conv2d/kernel")));
-        memset(eng_npz_get_mut(z, "resnet/head/conv2d/bias")->data, 0,
-               eng_tensor_bytes(eng_npz_get(z, "resnet/head/conv2d/bias")));
-    }
     eng_train_opts o = {.micro_batch = micro, .h = 64, .w = 64};
     if (eng_trainer_new(z, &a, &o, &t, err, sizeof err)) fprintf(stderr, "  %s\n", err);
     return t;
@@ -77,7 +73,7 @@ static void gradients(void)
     T_REQUIRE(eng_npz_load(t_fixture("grads.npz"), NULL, &ref, err, sizeof err) == 0);
     T_REQUIRE(eng_npy_load(t_fixture("input.npy"), &x, err, sizeof err) == 0);
     T_REQUIRE(eng_npy_load(t_fixture("labels.npy"), &y, err, sizeof err) == 0);
-    eng_trainer *t = trainer_from(z, 4, 0);
+    eng_trainer *t = trainer_from(z, 4);
     T_REQUIRE(t);
     double loss;
     T_REQUIRE(eng_trainer_step(t, x->data, y->data, NULL, 1, 1, &loss, NULL, err, sizeof err) == 0);
@@ -108,87 +104,23 @@ static void gradients(void)
     eng_tensor_free(y);
 }
 
-typedef struct nstat {
-    double d2, r2, c2;
-} nstat;
-
-static void norm_cb(double got, double ref, double start, void *ud)
+static void f32_loss(void *ud, int step, int m, double loss, double want, const float *z, int n)
 {
-    nstat *s = ud;
-    s->d2 += (got - ref) * (got - ref);
-    s->r2 += ref * ref;
-    s->c2 += (ref - start) * (ref - start);
+    (void)ud, (void)z, (void)n; /* manifest: trajectory losses atol 1e-4 */
+    T_CHECKF(fabs(loss - want) <= 1e-4, "step %d micro %d: loss %.7f vs %.7f", step, m, loss, want);
+}
+
+static void f32_param(void *ud, const char *key, double d, double r, double c)
+{
+    (void)ud; /* manifest: ||got - ref|| <= 2e-5 ||ref|| + 0.2 ||ref - start|| (float32 profile) */
+    T_CHECKF(d <= 2e-5 * r + 0.2 * c, "%s: |got - ref| %g > %g", key, d, 2e-5 * r + 0.2 * c);
 }
 
 /* One trajectory run: 8 steps of batch 4 from model.npz with a zero head. */
 static void trajectory(int split, const char *perms, const char *losses, const char *final)
 {
-    eng_npz *z = NULL, *start = NULL, *ref = NULL, *got = NULL;
-    eng_tensor *xs = NULL, *ys = NULL, *pm = NULL;
-    T_REQUIRE(eng_npz_load(t_fixture("model.npz"), NULL, &z, err, sizeof err) == 0);
-    T_REQUIRE(eng_npy_load(t_fixture("traj_inputs.npy"), &xs, err, sizeof err) == 0);
-    T_REQUIRE(eng_npy_load(t_fixture("traj_labels.npy"), &ys, err, sizeof err) == 0);
-    if (perms) T_REQUIRE(eng_npy_load(t_fixture(perms), &pm, err, sizeof err) == 0);
-    json_error_t je;
-    json_t *lj = json_load_file(t_fixture(losses), 0, &je);
-    T_REQUIRE(lj);
-    json_t *mb = json_object_get(lj, "micro_batch_losses");
-    int micro = 4 / split;
-    eng_trainer *t = trainer_from(z, micro, 1);
-    T_REQUIRE(t);
-    T_REQUIRE(eng_trainer_params(t, &start) == 0);
-    eng_hyper h = {.schedule = {2, 4, 6, 8}, .nsched = 4, .base_lr = 0.05};
-    const float lam = 0.7f;
-    size_t img = 3 * 64 * 64;
-    float *mix = malloc(sizeof(float) * img * micro);
-    for (int step = 0; step < 8; step++) {
-        double lr = eng_hyper_lr(&h, step);
-        T_CHECKF(fabs(lr - json_real_value(json_array_get(json_object_get(lj, "lr"), step))) < 1e-12,
-                 "lr at %d", step);
-        for (int m = 0; m < split; m++) {
-            const float *x = (const float *)xs->data + ((size_t)step * 4 + m * micro) * img;
-            const int64_t *y = (const int64_t *)ys->data + step * 4 + m * micro;
-            int64_t y2[4];
-            if (pm) { /* MixUp inside the micro-batch with the stored permutation */
-                const int64_t *p = (const int64_t *)pm->data + step * 4 + m * micro;
-                for (int i = 0; i < micro; i++) {
-                    y2[i] = y[p[i]];
-                    for (size_t k = 0; k < img; k++)
-                        mix[i * img + k] = lam * x[i * img + k] + (1 - lam) * x[p[i] * img + k];
-                }
-                x = mix;
-            }
-            double loss;
-            T_REQUIRE(eng_trainer_step(t, x, y, pm ? y2 : NULL, lam, 1.0f / split, &loss, NULL, err,
-                                       sizeof err) == 0);
-            double want = json_real_value(json_array_get(json_array_get(mb, step), m));
-            T_CHECKF(fabs(loss - want) <= 1e-4, "step %d micro %d: loss %.7f vs %.7f", step, m,
-                     loss, want); /* manifest: trajectory losses atol 1e-4 */
-        }
-        T_REQUIRE(eng_trainer_update(t, lr, 0.9, 0, err, sizeof err) == 0);
-    }
-    T_CHECK(eng_hyper_lr(&h, 8) < 0);
-    T_REQUIRE(eng_npz_load(t_fixture(final), NULL, &ref, err, sizeof err) == 0);
-    T_REQUIRE(eng_trainer_params(t, &got) == 0);
-    for (int i = 0; i < ref->n; i++) {
-        const eng_tensor *g = eng_npz_get(got, ref->names[i]);
-        T_REQUIRE(g);
-        nstat s = {0};
-        T_REQUIRE(for_sampled(g, ref->tensors[i], norm_cb, eng_npz_get(start, ref->names[i]), &s) > 0);
-        /* manifest: ||got - ref|| <= 2e-5 ||ref|| + 0.2 ||ref - start|| (float32 profile) */
-        double lim = 2e-5 * sqrt(s.r2) + 0.2 * sqrt(s.c2);
-        T_CHECKF(sqrt(s.d2) <= lim, "%s: |got - ref| %g > %g", ref->names[i], sqrt(s.d2), lim);
-    }
-    free(mix);
-    json_decref(lj);
-    eng_trainer_free(t);
-    eng_npz_free(z);
-    eng_npz_free(start);
-    eng_npz_free(ref);
-    eng_npz_free(got);
-    eng_tensor_free(xs);
-    eng_tensor_free(ys);
-    eng_tensor_free(pm);
+    ttraj tj = {ENG_PREC_F32, split, perms, losses, final, f32_loss, f32_param, NULL};
+    ttraj_run(&tj);
 }
 
 static void traj_plain(void) { trajectory(1, NULL, "traj_losses.json", "traj_final.npz"); }
@@ -206,6 +138,15 @@ static void traj_mixup_split2(void)
                "traj_mixup_split2_final.npz");
 }
 
+/* Gradients and a trajectory through the portable kernels (CPUs without AVX-512). */
+static void portable_kernels(void)
+{
+    setenv("BIT_SIMD", "portable", 1);
+    gradients();
+    traj_mixup_split2();
+    unsetenv("BIT_SIMD");
+}
+
 int main(void)
 {
     T_RUN(gradients);
@@ -213,5 +154,6 @@ int main(void)
     T_RUN(traj_split2);
     T_RUN(traj_mixup);
     T_RUN(traj_mixup_split2);
+    T_RUN(portable_kernels);
     return t_done();
 }

@@ -13,13 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "api/params.h"
+#include "ftjson.h"
 #include "arc.h"
 #include "arch.h"
 #include "finetune.h"
 #include "image.h"
 #include "npz.h"
-#include "server/srv_int.h"
+#include "server/http/srv_int.h"
 
 unsigned long fz_accepted;
 
@@ -143,10 +143,23 @@ int fz_npz(const uint8_t *d, size_t n)
     int fd = fz_memfd(d, n);
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     eng_npz_limits lim = {.max_entries = 256, .max_total_bytes = 16 << 20};
-    eng_npz *z = NULL;
+    eng_npz *z = NULL, *h = NULL;
     int rc = eng_npz_load(path, &lim, &z, err, sizeof err);
+    /* The header-only reader (checkpoint probes) accepts whatever the full one does, with the
+     * same keys, dtypes and shapes; it may accept more (it never reads the data). */
+    int hrc = eng_npz_load_headers(path, &lim, &h, err, sizeof err);
     close(fd);
     FZ_ASSERT(rc <= 0 && (rc == 0) == (z != NULL) && (rc == 0 || err[0]));
+    FZ_ASSERT(hrc <= 0 && (hrc == 0) == (h != NULL));
+    if (!rc) {
+        FZ_ASSERT(hrc == 0 && h->n == z->n);
+        for (int i = 0; i < z->n && !hrc; i++) {
+            const eng_tensor *a = z->tensors[i], *b = eng_npz_get(h, z->names[i]);
+            FZ_ASSERT(b && !b->data && b->dtype == a->dtype && b->itemsize == a->itemsize &&
+                      b->ndim == a->ndim && !memcmp(b->shape, a->shape, sizeof a->shape));
+        }
+    }
+    eng_npz_free(h);
     if (rc) return 0;
     FZ_ASSERT(z->n >= 0 && z->n <= lim.max_entries);
     uint64_t total = 0;
@@ -432,6 +445,8 @@ static void params_in_range(const ft_params *p)
         FZ_ASSERT(p->schedule[i] >= 1 && (!i || p->schedule[i] > p->schedule[i - 1]));
     FZ_ASSERT(p->base_lr == 0 || (p->base_lr >= 1e-9 && p->base_lr <= 10));
     FZ_ASSERT(p->mixup == -1 || (p->mixup >= 0 && p->mixup <= 100));
+    FZ_ASSERT(p->weight_decay == -1 || (p->weight_decay >= 0 && p->weight_decay <= 1));
+    FZ_ASSERT((p->no_augment == 0 || p->no_augment == 1) && (p->no_shuffle == 0 || p->no_shuffle == 1));
     FZ_ASSERT(!p->crop || (p->crop >= 32 && p->crop <= p->precrop && p->precrop <= 4096));
 }
 
@@ -451,9 +466,14 @@ static void resolve_ok(const ft_params *p, const ft_data_info *info)
     FZ_ASSERT(h->base_lr > 0 && isfinite(h->base_lr) && h->mixup_alpha >= 0);
     FZ_ASSERT(r.save_every >= 1 && r.eval_every >= 0);
     FZ_ASSERT(eng_hyper_lr(h, 0) == 0 && eng_hyper_lr(h, h->schedule[h->nsched - 1]) < 0);
+    /* what a job stores is what its worker runs */
     json_t *j = ft_resolved_json(&r);
-    FZ_ASSERT(j);
+    ft_resolved back;
+    FZ_ASSERT(j && ft_resolved_from_json(j, &back) == 0);
+    json_t *j2 = ft_resolved_json(&back);
+    FZ_ASSERT(json_equal(j, j2));
     json_decref(j);
+    json_decref(j2);
 }
 
 /* A POST /v1/jobs body (its "hyperparameters"), or a bare hyper-parameter object. */
@@ -470,7 +490,7 @@ int fz_params(const uint8_t *d, size_t n)
     if (!doc) return 0;
     json_t *hp = json_is_object(doc) ? json_object_get(doc, "hyperparameters") : NULL;
     ft_params p;
-    int rc = api_params_parse(hp ? hp : doc, &p, err, sizeof err);
+    int rc = ft_params_from_json(hp ? hp : doc, &p, err, sizeof err);
     FZ_ASSERT(rc == 0 || (rc == ENG_EINVAL && !strncmp(err, "hyperparameters", 15)));
     if (!rc) {
         params_in_range(&p);

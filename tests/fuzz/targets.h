@@ -18,7 +18,7 @@ int fz_npz(const uint8_t *d, size_t n);       /* eng_npz_load */
 int fz_arch(const uint8_t *d, size_t n);      /* eng_arch_from_npz on records, see below */
 int fz_image(const uint8_t *d, size_t n);     /* hint byte, then img_probe + img_decode */
 int fz_archive(const uint8_t *d, size_t n);   /* arc_extract_fd */
-int fz_params(const uint8_t *d, size_t n);    /* job JSON: api_params_parse + ft_resolve */
+int fz_params(const uint8_t *d, size_t n);    /* job JSON: ft_params_from_json + ft_resolve */
 int fz_http(const uint8_t *d, size_t n);      /* routing, percent-decoding, query, auth */
 int fz_multipart(const uint8_t *d, size_t n); /* chunk-size seed byte, then the body */
 
