@@ -164,6 +164,13 @@ int store_job_request_cancel(store *s, const char *id, store_status *now,
                              char *err, size_t errlen);
 int store_job_cancel_requested(store *s, const char *id, int *yes, char *err, size_t errlen);
 
+/* The server is stopping under a running job: it goes back to `queued` to resume on the
+ * next start, or to `cancelled` if a cancel was requested meanwhile (the check and the
+ * move are one transaction, so a cancel that raced the shutdown is never lost). *now
+ * (optional) receives the status it ended in. */
+int store_job_park_running(store *s, const char *id, store_status *now, char *err,
+                           size_t errlen);
+
 /* Progress of a running job: negative step/total_steps and NAN values leave columns as
  * they are. STORE_ECONFLICT if the job is not running (e.g. cancelled meanwhile).
  * *cancel (optional) receives the cancel flag, to save the worker a second call. */

@@ -492,6 +492,31 @@ int store_job_cancel_requested(store *s, const char *id, int *yes, char *err, si
     return rc;
 }
 
+static int park_locked(store *s, const char *id, store_status *now, char *err, size_t errlen)
+{
+    int64_t cancel = 0;
+    int rc = st_int(s, &cancel, err, errlen, "SELECT cancel_requested FROM jobs WHERE id = ?",
+                    "s", id);
+    if (rc == ENG_ENOTFOUND) return eng_errf(err, errlen, rc, "job %s not found", id);
+    if (rc) return rc;
+    st_extra x = {.note = cancel ? "cancelled while the server was stopping"
+                                 : "requeued: the server is stopping"};
+    *now = cancel ? STORE_CANCELLED : STORE_QUEUED;
+    return st_transition(s, id, STORE_RUNNING, *now, &x, err, errlen);
+}
+
+int store_job_park_running(store *s, const char *id, store_status *now, char *err,
+                           size_t errlen)
+{
+    if (!id) return eng_errf(err, errlen, ENG_EINVAL, "no job id");
+    store_status dummy;
+    pthread_mutex_lock(&s->mu);
+    int rc = st_begin(s, err, errlen);
+    if (rc == 0) rc = st_end(s, park_locked(s, id, now ? now : &dummy, err, errlen), err, errlen);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int store_job_progress(store *s, const char *id, const store_progress *p, int *cancel,
                        char *err, size_t errlen)
 {

@@ -369,6 +369,48 @@ static void runs_what_was_resolved(void)
     svc_close(s);
 }
 
+/* A cancel that lands just before a shutdown wins: the job ends cancelled, not requeued to
+ * run again on the next start (the worker may stop before it has read the flag). */
+static void cancel_then_stop(void)
+{
+    char data[700], models[700];
+    const char *dir = setup("cancelstop", data, models, sizeof data);
+    svc *s = open_svc(data, models, 1);
+    T_REQUIRE(s);
+    store_dataset *d = import(s, dir);
+    T_REQUIRE(d);
+    json_t *hp = json_pack("{s:i, s:i}", "steps", 100000, "batch", 6);
+    svc_job_request rq = {.dataset = d->id, .base_model = "tiny", .hyperparameters = hp};
+    store_job *j = NULL;
+    svc_err e;
+    T_REQ_EQ(svc_job_create(s, &rq, NULL, &j, &e), 0);
+    char id[STORE_ID_MAX];
+    snprintf(id, sizeof id, "%s", j->id);
+    store_job_free(j);
+    j = NULL;
+    T_REQ_EQ(svc_start(s, err, sizeof err), 0);
+    int running = 0;
+    for (int i = 0; i < 2400 && !running; i++, usleep(20000)) {
+        if (svc_job_get(s, id, &j, &e)) break;
+        running = j->status == STORE_RUNNING && j->step >= 1;
+        store_job_free(j);
+        j = NULL;
+    }
+    T_REQUIRE(running);
+    T_REQ_EQ(svc_job_cancel(s, id, &j, &e), 0);
+    store_job_free(j);
+    j = NULL;
+    svc_close(s);
+    s = open_svc(data, models, 0);
+    T_REQUIRE(s);
+    T_REQ_EQ(svc_job_get(s, id, &j, &e), 0);
+    T_CHECKF(j->status == STORE_CANCELLED, "%s", store_status_name(j->status));
+    store_job_free(j);
+    store_dataset_free(d);
+    json_decref(hp);
+    svc_close(s);
+}
+
 /* Upload and start: a request that fails leaves no dataset behind. */
 static void failed_upload_start_leaves_nothing(void)
 {
@@ -755,6 +797,7 @@ int main(void)
     T_RUN(rundir_layout);
     T_RUN(data_layout);
     T_RUN(runs_what_was_resolved);
+    T_RUN(cancel_then_stop);
     T_RUN(failed_upload_start_leaves_nothing);
     T_RUN(modes_and_budgets);
     T_RUN(dry_runs);

@@ -404,6 +404,29 @@ static void cancel_and_progress(void)
     store_close(s);
 }
 
+/* A stopping server parks its running job: back to the queue, unless a cancel came in
+ * meanwhile (the worker may not have seen the flag yet), which must not be lost. */
+static void park_running_keeps_cancel(void)
+{
+    store *s = open_db("park.db");
+    T_REQUIRE(s);
+    char ds[STORE_ID_MAX], a[STORE_ID_MAX], b[STORE_ID_MAX];
+    T_REQUIRE(make_dataset(s, ds) == 0 && make_job(s, ds, a) == 0 && make_job(s, ds, b) == 0);
+    T_REQUIRE(drive_to(s, a, STORE_RUNNING) == 0 && drive_to(s, b, STORE_RUNNING) == 0);
+    store_status now = STORE_ANY;
+    T_REQUIRE(store_job_request_cancel(s, b, &now, err, sizeof err) == 0 && now == STORE_RUNNING);
+    T_CHECK(store_job_park_running(s, a, &now, err, sizeof err) == 0 && now == STORE_QUEUED);
+    T_CHECK(store_job_park_running(s, b, &now, err, sizeof err) == 0 && now == STORE_CANCELLED);
+    T_CHECK(status_of(s, a) == STORE_QUEUED && status_of(s, b) == STORE_CANCELLED);
+    int yes = -1;
+    T_CHECK(store_job_cancel_requested(s, a, &yes, err, sizeof err) == 0 && yes == 0);
+    /* Only a running job can be parked. */
+    T_EQ(store_job_park_running(s, a, &now, err, sizeof err), STORE_ECONFLICT);
+    T_EQ(store_job_park_running(s, b, &now, err, sizeof err), STORE_ECONFLICT);
+    T_EQ(store_job_park_running(s, "job_ffffffffffffffff", &now, err, sizeof err), ENG_ENOTFOUND);
+    store_close(s);
+}
+
 static void events_paging(void)
 {
     store *s = open_db("events.db");
@@ -881,6 +904,7 @@ int main(void)
     T_RUN(claim_concurrent);
     T_RUN(recover_after_crash);
     T_RUN(cancel_and_progress);
+    T_RUN(park_running_keeps_cancel);
     T_RUN(events_paging);
     T_RUN(job_list_paging);
     T_RUN(dataset_delete_rules);

@@ -89,9 +89,10 @@ static int fit_memory(svc *s, const char *base, const ft_params *p, ft_resolved 
                          (unsigned long long)(total >> 20));
     return svc__fail(s, e, ENG_EINVAL, "invalid_parameter", "hyperparameters.batch_split: a "
                      "micro-batch of %d images at %d px needs %llu MB, more than the memory budget "
-                     "(%llu MB); at most %d images fit: set batch_split so that batch / batch_split "
+                     "(%llu MB); at most %d image%s fit%s: set batch_split so that batch / batch_split "
                      "<= %d", r->micro, res, (unsigned long long)(*need >> 20),
-                     (unsigned long long)(total >> 20), fits, fits);
+                     (unsigned long long)(total >> 20), fits, fits == 1 ? "" : "s",
+                     fits == 1 ? "s" : "", fits);
 }
 
 /* Resolves the rule against the dataset (an id or a unique name): *rj (the caller's) is what

@@ -140,8 +140,10 @@ static void finish_job(wrk *w, const store_job *j, job_ctx *c, int rc, const cha
     if (rc == 0) {
         succeed(w, j, run);
     } else if (rc == FT_ESTOPPED && !c->cancel) { /* shutdown: resume on the next start */
-        store_job_transition(w->cfg.st, j->id, STORE_RUNNING, STORE_QUEUED, NULL, NULL, NULL, 0);
-        log_line(w, j->id, "requeued", "server shutting down");
+        store_status now = STORE_QUEUED;
+        store_job_park_running(w->cfg.st, j->id, &now, NULL, 0);
+        log_line(w, j->id, now == STORE_CANCELLED ? "cancelled" : "requeued",
+                 now == STORE_CANCELLED ? "while the server was stopping" : "server shutting down");
     } else if (rc == FT_ESTOPPED) {
         store_job_transition(w->cfg.st, j->id, STORE_RUNNING, STORE_CANCELLED, NULL, NULL, NULL, 0);
         log_line(w, j->id, "cancelled", NULL);
