@@ -270,7 +270,7 @@ static int init_only(const ft_cli *c)
     eng_npz *z = NULL;
     eng_arch a = c->arch;
     a.head = 0;
-    if (eng_path_join(path, sizeof path, c->out, "model.npz"))
+    if (ft_rundir_path(c->out, FT_FILE_MODEL, path, sizeof path))
         return cli_fail("pretrain", "--out path too long");
     int rc = mkdir(c->out, 0755) ? eng_errf(err, sizeof err, ENG_EIO, "%s: %s", c->out,
                                             strerror(errno)) : 0;
@@ -307,7 +307,7 @@ static int run_cli(int argc, char **argv, int pretrain)
     }
     if (rc) return cli_fail(sub, "%s", err);
     char metrics[4200];
-    if (eng_path_join(metrics, sizeof metrics, dir, "metrics.json") == 0) {
+    if (ft_rundir_path(dir, FT_FILE_METRICS, metrics, sizeof metrics) == 0) {
         json_t *m = json_load_file(metrics, 0, NULL);
         json_t *val = json_object_get(m, "val");
         json_t *sum = json_pack("{s:s, s:s, s:O, s:O, s:O}", "type", "done", "run", dir, "val_top1",
