@@ -15,6 +15,10 @@ static int put(char *buf, size_t len, int n)
     return ENG_EINVAL;
 }
 
+static const char *const dir_names[SVC_DIR_N] = {"tmp", "datasets", "jobs"};
+
+const char *svc_dir_name(svc_dir d) { return d < SVC_DIR_N ? dir_names[d] : ""; }
+
 int svc_path_db(const char *data_dir, char *buf, size_t len)
 {
     return eng_path_join(buf, len, data_dir, "bit.db");
@@ -22,17 +26,18 @@ int svc_path_db(const char *data_dir, char *buf, size_t len)
 
 int svc_path_tmp(const char *data_dir, char *buf, size_t len)
 {
-    return eng_path_join(buf, len, data_dir, "tmp");
+    return eng_path_join(buf, len, data_dir, dir_names[SVC_DIR_TMP]);
 }
 
 int svc_path_dataset_dir(const char *data_dir, const char *id, char *buf, size_t len)
 {
-    return put(buf, len, snprintf(buf, len, "%s/datasets/%s", data_dir, id));
+    return put(buf, len, snprintf(buf, len, "%s/%s/%s", data_dir, dir_names[SVC_DIR_DATASETS], id));
 }
 
 int svc_path_dataset_stage(const char *data_dir, const char *id, char *buf, size_t len)
 {
-    return put(buf, len, snprintf(buf, len, "%s/datasets/" SVC_STAGE_PREFIX "%s", data_dir, id));
+    return put(buf, len, snprintf(buf, len, "%s/%s/" SVC_STAGE_PREFIX "%s", data_dir,
+                                  dir_names[SVC_DIR_DATASETS], id));
 }
 
 int svc_path_dataset_upload(const char *dir, int npz, char *buf, size_t len)
@@ -42,22 +47,23 @@ int svc_path_dataset_upload(const char *dir, int npz, char *buf, size_t len)
 
 int svc_path_dataset_data(const char *data_dir, const char *id, char *buf, size_t len)
 {
-    if (put(buf, len, snprintf(buf, len, "%s/datasets/%s/data.npz", data_dir, id))) return ENG_EINVAL;
+    const char *ds = dir_names[SVC_DIR_DATASETS];
+    if (put(buf, len, snprintf(buf, len, "%s/%s/%s/data.npz", data_dir, ds, id))) return ENG_EINVAL;
     if (access(buf, R_OK) == 0) return 0;
-    return put(buf, len, snprintf(buf, len, "%s/datasets/%s/data", data_dir, id));
+    return put(buf, len, snprintf(buf, len, "%s/%s/%s/data", data_dir, ds, id));
 }
 
 int svc_path_job_dir(const char *data_dir, const char *id, char *buf, size_t len)
 {
-    return put(buf, len, snprintf(buf, len, "%s/jobs/%s", data_dir, id));
+    return put(buf, len, snprintf(buf, len, "%s/%s/%s", data_dir, dir_names[SVC_DIR_JOBS], id));
 }
 
 int svc_paths_make(const char *data_dir, char *err, size_t errlen)
 {
-    static const char *sub[] = {"", "/datasets", "/jobs", "/tmp"};
-    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+    for (int i = -1; i < SVC_DIR_N; i++) { /* -1: the data directory itself */
         char p[4200];
-        if (put(p, sizeof p, snprintf(p, sizeof p, "%s%s", data_dir, sub[i])))
+        if (put(p, sizeof p, snprintf(p, sizeof p, "%s%s%s", data_dir, i < 0 ? "" : "/",
+                                      i < 0 ? "" : dir_names[i])))
             return eng_errf(err, errlen, ENG_EINVAL, "data directory path too long");
         if (mkdir(p, 0755) && errno != EEXIST)
             return eng_errf(err, errlen, ENG_EIO, "%s: %s", p, strerror(errno));

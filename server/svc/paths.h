@@ -21,6 +21,9 @@ int svc_path_dataset_data(const char *data_dir, const char *id, char *buf, size_
 /* Where an upload goes inside the dataset directory before it is opened. */
 int svc_path_dataset_upload(const char *dir, int npz, char *buf, size_t len);
 int svc_path_job_dir(const char *data_dir, const char *id, char *buf, size_t len);
+/* The data directory's folders by name (the start-up sweep walks them). */
+typedef enum { SVC_DIR_TMP, SVC_DIR_DATASETS, SVC_DIR_JOBS, SVC_DIR_N } svc_dir;
+const char *svc_dir_name(svc_dir d);
 /* Creates the data directory and its folders (existing ones are fine). */
 int svc_paths_make(const char *data_dir, char *err, size_t errlen);
 

@@ -86,26 +86,26 @@ static int model_uses(const store_models *l, const char *dir)
  * directory, so nothing here is in use at start-up. */
 static void sweep(svc *s)
 {
-    static const char *sub[] = {"tmp", "datasets", "jobs"};
     json_t *report = json_array();
     uint64_t total = 0;
     store_models models = {0};
     store_model_list(s->st, NULL, &models, NULL, 0);
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < SVC_DIR_N; k++) {
         char dir[4200], p[4500], shown[600];
-        snprintf(dir, sizeof dir, "%s/%s", s->data_dir, sub[k]);
+        snprintf(dir, sizeof dir, "%s/%s", s->data_dir, svc_dir_name(k));
         DIR *dh = opendir(dir);
         struct dirent *ent;
         while (dh && (ent = readdir(dh))) {
             const char *n = ent->d_name;
             if (!strcmp(n, ".") || !strcmp(n, "..")) continue;
             snprintf(p, sizeof p, "%s/%s", dir, n);
-            snprintf(shown, sizeof shown, "%s/%s", sub[k], n);
+            snprintf(shown, sizeof shown, "%s/%s", svc_dir_name(k), n);
             store_dataset *d = NULL;
             store_job *j = NULL;
-            int orphan = k == 0 || !strncmp(n, SVC_STAGE_PREFIX, strlen(SVC_STAGE_PREFIX)) ||
-                         (k == 1 && store_dataset_get(s->st, n, &d, NULL, 0) == ENG_ENOTFOUND) ||
-                         (k == 2 && store_job_get(s->st, n, &j, NULL, 0) == ENG_ENOTFOUND &&
+            int orphan = k == SVC_DIR_TMP || !strncmp(n, SVC_STAGE_PREFIX, strlen(SVC_STAGE_PREFIX)) ||
+                         (k == SVC_DIR_DATASETS &&
+                          store_dataset_get(s->st, n, &d, NULL, 0) == ENG_ENOTFOUND) ||
+                         (k == SVC_DIR_JOBS && store_job_get(s->st, n, &j, NULL, 0) == ENG_ENOTFOUND &&
                           !model_uses(&models, p));
             store_dataset_free(d);
             store_job_free(j);
