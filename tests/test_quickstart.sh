@@ -60,6 +60,11 @@ readme_says_so() {
     *"mkdir -p build && cd build && ../configure"*"make"*) ;;
     *) fail "command 1 no longer builds in build/: $cmd1" ;;
   esac
+  # The README's CLI sections say `bit ...`: command 1 must put it on PATH.
+  case "$cmd1" in
+    *"make install"*) ;;
+    *) fail "command 1 no longer installs bit (make install): $cmd1" ;;
+  esac
   grep -q '^bash .ci/run$' "$srcdir/README.md" || fail "README.md has no command 2 line (bash .ci/run)"
 }
 

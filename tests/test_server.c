@@ -413,6 +413,9 @@ static void first_hour(void)
     char *log = slurp(s.log, &len);
     T_CHECK(log && strstr(log, "\"event\":\"models\"") && strstr(log, "\"base_models\":1") &&
             strstr(log, "/first/models\""));
+    /* and says which base model has no class names, and what to do about it */
+    T_CHECK(log && strstr(log, "\"without_labels\":[\"tiny\"]") &&
+            strstr(log, "put NAME.labels.txt beside NAME.npz"));
     free(log);
     /* datasets by name: unique names stand for ids, shared ones are 409 with the ids */
     char solo[64], c1[64], c2[64], body[1024];
