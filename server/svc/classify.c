@@ -104,6 +104,7 @@ typedef struct svc_call {
     pthread_mutex_t mu;
     int cancelled, in_infer;
     int refs;     /* the pipeline's, and the decode thread's while it queues the images */
+    int expected; /* counted in inf_expect until it holds the model */
     uint64_t job; /* the inference request, once queued */
     reg_model m;
     inf_model *im;
@@ -123,6 +124,7 @@ typedef struct dec {
 
 static void call_free(svc_call *k)
 {
+    if (k->expected) inf_expect(k->s->infer, -1);
     eng_free(k->x);
     free(k->logits);
     inf_release(k->s->infer, k->im);
@@ -203,6 +205,7 @@ static void run_call(svc_call *k)
         goto fail;
     }
     c->n = k->n;
+    inf_expect(s->infer, -1), k->expected = 0; /* it holds the model from now on */
     double t0 = eng_now_ms();
     for (int i = 0; i < k->n; i++) {
         decode_one(s, &k->img[i], k->m.resolution, k->x + per * (size_t)ok, &c->images[i]);
@@ -351,6 +354,8 @@ int svc_classify_submit(svc *s, const char *model_ref, const svc_image *img, int
         else d->head = k;
         d->tail = k;
         d->queued++;
+        k->expected = 1;
+        inf_expect(s->infer, 1);
         if (out) *out = k, k->refs++;
         pthread_cond_signal(&d->cv);
     }

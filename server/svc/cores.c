@@ -108,6 +108,18 @@ int cores_infer_grant(cores *c, int want)
     return n;
 }
 
+int cores_infer_try(cores *c, int want)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = infer_room_locked(c);
+    if (n < 1) n = 0;
+    if (want > 0 && n > want) n = want;
+    c->infer_held += n;
+    note_peak_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
 void cores_infer_release(cores *c, int n)
 {
     pthread_mutex_lock(&c->mu);

@@ -38,6 +38,8 @@ void cores_shutdown(cores *c);
  * team size, at most want (0: as many as are free, capped by infer_threads), held until
  * cores_infer_release gives the same number back. */
 int cores_infer_grant(cores *c, int want);
+/* The same without waiting: 0 when no core is free now. */
+int cores_infer_try(cores *c, int want);
 void cores_infer_release(cores *c, int n);
 
 /* Training: the team a job runs with for its whole life (its oneDNN primitives are built

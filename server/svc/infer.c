@@ -77,6 +77,7 @@ struct inf {
     inf_model *models; /* every live model, doomed ones too until their last reference */
     uint64_t bytes, tick, ids;
     int pending;        /* queued images, all models */
+    int incoming;       /* requests on their way (inf_expect) */
     double ms_per_image; /* moving average, for Retry-After */
     stats st;
     /* the inference thread's own buffers */
@@ -285,6 +286,14 @@ void inf_release(inf *x, inf_model *m)
 
 int inf_model_classes(const inf_model *m) { return m->classes; }
 const eng_labels *inf_model_labels(const inf_model *m) { return m->labels; }
+
+void inf_expect(inf *x, int d)
+{
+    pthread_mutex_lock(&x->mu);
+    x->incoming += d;
+    if (d < 0) pthread_cond_signal(&x->work_cv); /* a batch may stop waiting */
+    pthread_mutex_unlock(&x->mu);
+}
 
 int inf_loaded(inf *x, const char *path)
 {
@@ -621,7 +630,7 @@ static void *inf_main(void *ud)
          * requests that hold the model but have not submitted yet (decoding); a lone client
          * never waits, and a deep queue runs at once. */
         double now = eng_now_ms(), due = m->head->t_enq + x->cfg.batch_delay_ms;
-        if (m->pending < x->cfg.max_batch && m->refs > m->active && now < due) {
+        if (m->pending < x->cfg.max_batch && (m->refs > m->active || x->incoming > 0) && now < due) {
             wait_until(x, due);
             continue;
         }

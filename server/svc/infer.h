@@ -82,6 +82,11 @@ int inf_submit(inf *x, inf_model *m, const float *input, int n, int res, float *
  * no longer queued (all its images taken, or over) is left alone: any time is safe. */
 void inf_cancel(inf *x, uint64_t id);
 
+/* Requests on their way that hold no model yet (queued for decoding): d is +1 when one comes,
+ * -1 when it is submitted or ends. While any is on its way, a shallow queue waits up to
+ * batch_delay_ms for it, as for holders of the model. */
+void inf_expect(inf *x, int d);
+
 /* 1 when the file at path is loaded (for listings). */
 int inf_loaded(inf *x, const char *path);
 /* Drops a deleted model from the cache; it is freed once its last reference goes. */
