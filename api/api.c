@@ -96,6 +96,18 @@ int api_fail(srv_req *req, const svc_err *e)
     return srv_error(req, status, e->reason[0] ? e->reason : code, "%s", e->msg);
 }
 
+int api_park_fail(srv_park *p, const svc_err *e)
+{
+    const char *code;
+    int status = status_of(e->code, &code);
+    if (status == 503) {
+        char v[16];
+        snprintf(v, sizeof v, "%d", e->retry_after_s > 0 ? e->retry_after_s : 1);
+        srv_park_header(p, "Retry-After", v);
+    }
+    return srv_park_error(p, status, e->reason[0] ? e->reason : code, "%s", e->msg);
+}
+
 int api_query_int(srv_req *req, const char *name, long lo, long hi, long dflt, long *out)
 {
     const char *v = srv_query(req, name);

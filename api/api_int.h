@@ -25,6 +25,8 @@ int api_route(api *a, srv *s, const char *method, const char *pattern, srv_handl
 /* Answers a service error with its HTTP status and JSON error ({"error": {code, message}}),
  * Retry-After for SVC_EBUSY. */
 int api_fail(srv_req *req, const svc_err *e);
+/* The same for a parked request (its completion call: p is released). */
+int api_park_fail(srv_park *p, const svc_err *e);
 /* An integer query parameter in [lo, hi] (dflt when absent); -1 after answering 400. */
 int api_query_int(srv_req *req, const char *name, long lo, long hi, long dflt, long *out);
 

@@ -1,5 +1,7 @@
 /* /v1/models: list, get, delete, download, and classification. */
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -98,7 +100,7 @@ static int collect(srv_req *req, svc_image *img)
 
 /* One image that cannot be classified fails its request; of several, only when none can be
  * (each bad one otherwise gets an error in its result). -1 when there is a 200 to answer. */
-static int answer_image_error(srv_req *req, const svc_classification *c, const svc_image *img)
+static int answer_image_error(srv_park *p, const svc_classification *c, const svc_image *img)
 {
     int bad = 0, first = -1;
     for (int i = 0; i < c->n; i++)
@@ -111,30 +113,93 @@ static int answer_image_error(srv_req *req, const svc_classification *c, const s
     else snprintf(e.msg, sizeof e.msg, "none of the %d images could be classified; image %d%s%s%s: %s",
                   c->n, first, img[first].filename ? " (" : "", img[first].filename ? img[first].filename : "",
                   img[first].filename ? ")" : "", r->error);
-    return api_fail(req, &e);
+    api_park_fail(p, &e);
+    return 0;
+}
+
+/* A parked classify request: it waits in the service's queues without an HTTP thread, so
+ * the batcher sees every waiting client. refs: the handler's and the service's (its done
+ * callback), the last one frees it. */
+typedef struct cls_wait {
+    svc *svc;
+    srv_park *park;
+    svc_call *call;
+    svc_image img[SVC_MAX_IMAGES]; /* into the parked request's body, valid until completion */
+    double t0;
+    int refs, gone;
+    pthread_mutex_t mu;
+} cls_wait;
+
+static void cls_put(cls_wait *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int last = !--w->refs;
+    pthread_mutex_unlock(&w->mu);
+    if (!last) return;
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+/* The client hung up or the park timed out: its images leave the inference queue. The
+ * completion in cls_done waits for this to return, so w and its call are still alive (the
+ * service frees the call only after done has returned). */
+static void cls_gone(void *ud)
+{
+    cls_wait *w = ud;
+    pthread_mutex_lock(&w->mu);
+    w->gone = 1;
+    svc_call *call = w->call;
+    pthread_mutex_unlock(&w->mu);
+    if (call) svc_classify_cancel(w->svc, call);
+}
+
+static void cls_done(void *ud, int rc, svc_classification *c, const svc_err *e)
+{
+    cls_wait *w = ud;
+    if (rc) {
+        api_park_fail(w->park, e);
+    } else if (answer_image_error(w->park, c, w->img) < 0) {
+        json_t *timing = json_pack("{s:f, s:f, s:f, s:f, s:f}", "load", c->load_ms, "decode",
+                                   c->decode_ms, "queue", c->queue_ms, "infer", c->infer_ms, "total",
+                                   eng_now_ms() - w->t0);
+        srv_park_json(w->park, 200, api_classification_json(c, w->img, timing));
+    }
+    if (!rc) svc_classification_free(c);
+    cls_put(w);
 }
 
 static int classify(srv_req *req, void *ud)
 {
     api *a = ud;
-    double t0 = eng_now_ms();
     long topk;
-    svc_image img[SVC_MAX_IMAGES];
-    svc_classification c;
     svc_err e;
     if (api_query_int(req, "top_k", 1, 1000, 5, &topk)) return 0;
-    int n = collect(req, img);
-    if (n < 0) return 0;
-    if (svc_classify(a->svc, srv_param(req, "id"), img, n, (int)topk, &c, &e)) return api_fail(req, &e);
-    int rc = answer_image_error(req, &c, img);
-    if (rc < 0) {
-        json_t *timing = json_pack("{s:f, s:f, s:f, s:f, s:f}", "load", c.load_ms, "decode",
-                                   c.decode_ms, "queue", c.queue_ms, "infer", c.infer_ms, "total",
-                                   eng_now_ms() - t0);
-        rc = srv_json(req, 200, api_classification_json(&c, img, timing));
+    cls_wait *w = calloc(1, sizeof *w);
+    if (!w) return srv_error(req, 500, "internal", "out of memory");
+    w->t0 = eng_now_ms(), w->svc = a->svc, w->refs = 2;
+    pthread_mutex_init(&w->mu, NULL);
+    int n = collect(req, w->img);
+    const char *model = srv_param(req, "id");
+    if (n < 0 || !(w->park = srv_park_open(req, 0, cls_gone, w))) {
+        pthread_mutex_destroy(&w->mu);
+        free(w);
+        return 0;
     }
-    svc_classification_free(&c);
-    return rc;
+    svc_call *call = NULL;
+    if (svc_classify_submit(a->svc, model, w->img, n, (int)topk, cls_done, w, &call, &e)) {
+        api_park_fail(w->park, &e); /* waits for a gone already running */
+        w->refs = 1;
+        cls_put(w);
+        return 0;
+    }
+    pthread_mutex_lock(&w->mu);
+    w->call = call;
+    int gone = w->gone;
+    pthread_mutex_unlock(&w->mu);
+    if (gone) svc_classify_cancel(a->svc, call); /* hung up before the call existed */
+    svc_call_release(call);
+    cls_put(w);
+    return 0;
 }
 
 int api_routes_models(api *a, srv *s)

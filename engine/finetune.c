@@ -385,6 +385,7 @@ static int train_step(run *R, ds_loader *l, float *x, float *tmp, int64_t *y, in
          * the last checkpoint is still a whole step */
         if (m && R->hooks && R->hooks->stop && R->hooks->stop(R->hooks->ud))
             return eng_errf(err, errlen, FT_ESTOPPED, "stopped inside step %lld", (long long)R->step);
+        if (R->hooks && R->hooks->yield) R->hooks->yield(R->hooks->ud);
         int rc = ds_loader_next(l, x, y, &count, err, errlen);
         if (rc) return rc;
         if (alpha > 0) mixup(x, y, y2, n, per, lam, &r, tmp);

@@ -77,6 +77,9 @@ typedef struct ft_hooks {
     /* polled every step: 0 go on, 1 stop now (cancel), 2 checkpoint then stop (shutdown) */
     int (*stop)(void *ud);
     void *ud;
+    /* between micro-batches (NULL: never): may block to lend the cores to someone whose wait
+     * is worth more (the server's classify requests); training goes on when it returns */
+    void (*yield)(void *ud);
 } ft_hooks;
 
 #define FT_ESTOPPED (-30) /* ft_run ended early because hooks->stop asked */

@@ -1,6 +1,7 @@
 #include "net.h"
 
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +38,13 @@ typedef struct unit_p {
     op a, b, c, p;
 } unit_p;
 
-/* Everything one (n, h, w) forward needs: primitives, buffers, a stream. One user at a time. */
+/* Everything one (n, h, w) forward needs: primitives, buffers, a stream. One user at a time.
+ * oneDNN's CPU primitives (OpenMP runtime) fix their team size when they are created and run
+ * parallel regions with num_threads(that size) whatever omp_set_num_threads says later, so a
+ * plan is also keyed by the caller's OpenMP thread count: a thread that shrinks its team
+ * gets primitives built for the smaller team rather than oversubscribing the cores. */
 typedef struct plan {
-    int n, h, w, busy;
+    int n, h, w, nthr, busy;
     uint64_t last_used;
     dnnl_stream_t stream;
     eng_layout lroot, lpool, lfinal;
@@ -583,10 +588,11 @@ fail:
 
 static plan *plan_acquire(eng_net *net, int n, int h, int w, char *err, size_t errlen, int *rc)
 {
+    int nthr = omp_get_max_threads();
     pthread_mutex_lock(&net->mu);
     plan *p, *lru = NULL, **lru_link = NULL;
     for (plan **link = &net->plans; (p = *link); link = &p->next) {
-        if (!p->busy && p->n == n && p->h == h && p->w == w) break;
+        if (!p->busy && p->n == n && p->h == h && p->w == w && p->nthr == nthr) break;
         if (!p->busy && (!lru || p->last_used < lru->last_used)) lru = p, lru_link = link;
     }
     if (!p) {
@@ -601,6 +607,7 @@ static plan *plan_acquire(eng_net *net, int n, int h, int w, char *err, size_t e
             pthread_mutex_unlock(&net->mu);
             return NULL;
         }
+        p->nthr = nthr;
         p->next = net->plans;
         net->plans = p;
         net->nplans++;

@@ -23,7 +23,7 @@ const char *eng_cpu_isa(void);
 
 typedef struct eng_net_opts {
     eng_precision precision;
-    int max_plans;  /* cached (batch, height, width) plans; 0 = 8 */
+    int max_plans;  /* cached (batch, height, width, OpenMP threads) plans; 0 = 8 */
     eng_prof *prof; /* borrowed; time per pass kind is added here (one caller at a time) */
 } eng_net_opts;
 

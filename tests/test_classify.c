@@ -442,6 +442,121 @@ static void queue_full(void)
     T_EQ(server_stop(&s), 0);
 }
 
+/* ---------------------------------------------------------------- parked requests */
+
+/* Requests park without an HTTP thread, so with 2 pool threads 16 requests sent at once
+ * still pile up in the queue: they run in fewer than 16 forward passes, each answer the same
+ * as the engine's for that image alone. */
+static void batches_form_when_parked(void)
+{
+    server s;
+    const char *extra[] = {"--http-threads", "2", "--max-batch", "8", "--batch-delay-ms", "20", NULL};
+    T_REQUIRE(server_start(&s, "parked-batches", extra) == 0);
+    const char *img[2] = {t_fixture("img_rgb160.jpg"), t_fixture("img_graphic64x48.png")};
+    ref want[2];
+    T_REQUIRE(reference(t_fixture("model.npz"), img[0], 128, 5, &want[0]) == 0);
+    T_REQUIRE(reference(t_fixture("model.npz"), img[1], 128, 5, &want[1]) == 0);
+    int st;
+    json_decref(classify_file(&s, "tiny", NULL, "image/jpeg", img[0], &st)); /* loaded first */
+    T_REQUIRE(st == 200);
+    double images0 = metric(&s, "bit_inference_batch_size_sum");
+    double passes0 = metric(&s, "bit_inference_batch_size_count");
+    enum { N = 16 };
+    shot c[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = (shot){&s, "tiny", img[i % 2], 0, NULL};
+        T_REQUIRE(pthread_create(&th[i], NULL, shoot, &c[i]) == 0);
+    }
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ok += c[i].status == 200 && same_predictions(json_object_get(c[i].j, "predictions"), &want[i % 2], 1);
+        json_decref(c[i].j);
+    }
+    T_CHECKF(ok == N, "%d of %d answers right", ok, N);
+    double images = metric(&s, "bit_inference_batch_size_sum") - images0;
+    double passes = metric(&s, "bit_inference_batch_size_count") - passes0;
+    T_CHECKF(images == N && passes < N, "%g images in %g passes", images, passes);
+    T_CHECK(metric(&s, "bit_inference_batch_size_mean") > 1);
+    T_EQ(server_stop(&s), 0);
+}
+
+/* A raw request whose client hangs up (closes) as soon as it is queued. */
+static int post_and_hang_up(const server *s, const char *path, const void *body, size_t len)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    char head[512];
+    int n = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     "image/jpeg\r\nContent-Length: %zu\r\n\r\n", path, len);
+    int rc = th_send_all(fd, head, (size_t)n) || th_send_all(fd, body, len) ? -1 : 0;
+    if (!rc && !metric_becomes(s, "bit_inference_queue_images", 1)) rc = -1;
+    close(fd);
+    return rc;
+}
+
+/* "slow" (the tiny model at 2048 x 2048) keeps the inference thread busy while requests for
+ * "tiny" wait parked: one past --park-timeout-ms gets 503 "timeout" and its image leaves the
+ * queue; one whose client hangs up leaves it too; the server then answers as before. */
+static void parked_timeout_and_hangup(void)
+{
+    server s;
+    const char *extra[] = {"--park-timeout-ms", "300", NULL};
+    T_REQUIRE(server_start(&s, "parked-timeout", extra) == 0);
+    char p[1200];
+    snprintf(p, sizeof p, "%s/models/slow.npz", s.dir);
+    symlink(t_fixture("model.npz"), p);
+    snprintf(p, sizeof p, "%s/models/slow.json", s.dir);
+    put_file(p, "{\"resolution\": 2048}");
+    const char *jpg = t_fixture("img_rgb160.jpg");
+    int st;
+    json_decref(classify_file(&s, "tiny", NULL, "image/jpeg", jpg, &st)); /* loaded first */
+    T_REQUIRE(st == 200);
+    double passes = metric(&s, "bit_inference_queue_seconds_count");
+
+    shot a = {&s, "slow", jpg, 0, NULL}, b = {&s, "tiny", jpg, 0, NULL};
+    pthread_t ta, tb;
+    T_REQUIRE(pthread_create(&ta, NULL, shoot, &a) == 0);
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_seconds_count", passes + 1)); /* a computes */
+    T_REQUIRE(pthread_create(&tb, NULL, shoot, &b) == 0);
+    pthread_join(tb, NULL);
+    T_CHECKF(b.status == 503 && b.j && !strcmp(err_code(b.j), "timeout"), "status %d", b.status);
+    T_CHECK(metric_becomes(&s, "bit_inference_cancelled_total", 1));
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_images", 0)); /* its slot is free */
+    json_decref(b.j);
+    pthread_join(ta, NULL); /* a timed out too, while its image was in a forward pass */
+    json_decref(a.j);
+    for (int i = 0; i < 600 && metric(&s, "bit_inference_compute_seconds_count") < passes + 1; i++)
+        usleep(100000); /* until that pass is over (not a timing check: up to a minute) */
+
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_images", 0));
+    passes = metric(&s, "bit_inference_queue_seconds_count");
+    shot a2 = {&s, "slow", jpg, 0, NULL};
+    T_REQUIRE(pthread_create(&ta, NULL, shoot, &a2) == 0);
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_seconds_count", passes + 1));
+    size_t len;
+    void *img = slurp(jpg, &len);
+    T_CHECK(post_and_hang_up(&s, "/v1/models/tiny/classify", img, len) == 0);
+    free(img);
+    T_CHECK(metric_becomes(&s, "bit_inference_cancelled_total", 2));
+    T_CHECK(metric_becomes(&s, "bit_inference_queue_images", 0));
+    pthread_join(ta, NULL);
+    json_decref(a2.j);
+
+    ref r;
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 5, &r) == 0);
+    json_t *j = classify_file(&s, "tiny", NULL, "image/jpeg", jpg, &st);
+    T_CHECK(st == 200 && same_predictions(json_object_get(j, "predictions"), &r, 1));
+    json_decref(j);
+    T_EQ(server_stop(&s), 0);
+}
+
 static int status_of(const server *s, const char *method, const char *path, const char *hdr,
                      const char *body)
 {
@@ -774,6 +889,57 @@ static void fine_tuned_lifecycle(void)
     T_EQ(server_stop(&s), 0);
 }
 
+/* The thread budget: idle, a classify runs on every core (--cores 2); while a job trains,
+ * training holds cores - infer-share, and 8 concurrent classify requests never make the
+ * OpenMP teams measured inside both (bit_cores_peak_observed) add up past the cores. */
+static void budget_while_training(void)
+{
+    server s;
+    const char *extra[] = {"--cores", "2", "--infer-share", "1", "--infer-threads", "0", NULL};
+    T_REQUIRE(server_start(&s, "budget", extra) == 0);
+    const char *jpg = t_fixture("img_rgb160.jpg");
+    int st;
+    json_decref(classify_file(&s, "tiny", NULL, "image/jpeg", jpg, &st));
+    T_REQUIRE(st == 200);
+    T_CHECK(metric(&s, "bit_cores") == 2);
+    T_CHECK(metric(&s, "bit_cores_peak_observed") == 2); /* idle: inference used both cores */
+    size_t len;
+    char ds[64], job[64], path[128];
+    void *data = slurp(tensor_dataset(30, 3), &len);
+    T_REQUIRE(post_id(&s, "/v1/datasets?format=npz", "Content-Type: application/octet-stream\r\n",
+                      data, len, ds, sizeof ds) == 201);
+    free(data);
+    T_REQUIRE(start_job(&s, ds, "tiny", "budget", "{\"steps\": 100000, \"batch\": 6}", job) == 201);
+    json_t *j = wait_job(&s, job, "running", 60);
+    T_REQUIRE(j && !strcmp(str(j, "status"), "running"));
+    json_decref(j);
+    T_CHECK(metric_becomes(&s, "bit_cores_held{side=\"training\"}", 1));
+    ref r;
+    T_REQUIRE(reference(t_fixture("model.npz"), jpg, 128, 5, &r) == 0);
+    for (int round = 0; round < 3; round++) {
+        shot c[8];
+        pthread_t th[8];
+        for (int i = 0; i < 8; i++) {
+            c[i] = (shot){&s, "tiny", jpg, 0, NULL};
+            T_REQUIRE(pthread_create(&th[i], NULL, shoot, &c[i]) == 0);
+        }
+        int ok = 0;
+        for (int i = 0; i < 8; i++) {
+            pthread_join(th[i], NULL);
+            ok += c[i].status == 200 && same_predictions(json_object_get(c[i].j, "predictions"), &r, 1);
+            json_decref(c[i].j);
+        }
+        T_CHECKF(ok == 8, "%d of 8 answers right", ok);
+    }
+    double peak = metric(&s, "bit_cores_peak"), seen = metric(&s, "bit_cores_peak_observed");
+    T_CHECKF(peak >= 1 && peak <= 2 && seen >= 1 && seen <= 2, "held %g, measured %g", peak, seen);
+    snprintf(path, sizeof path, "/v1/jobs/%s/cancel", job);
+    T_CHECK(status_of(&s, "POST", path, NULL, NULL) == 200);
+    json_decref(wait_job(&s, job, "cancelled", 60));
+    T_CHECK(metric_becomes(&s, "bit_cores_held{side=\"training\"}", 0));
+    T_EQ(server_stop(&s), 0);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -787,6 +953,9 @@ int main(void)
     T_RUN(registry);
     T_RUN(lru_eviction);
     T_RUN(concurrent_clients);
+    T_RUN(batches_form_when_parked);
+    T_RUN(parked_timeout_and_hangup);
     T_RUN(fine_tuned_lifecycle);
+    T_RUN(budget_while_training);
     return t_done();
 }

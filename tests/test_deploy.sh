@@ -400,10 +400,9 @@ files_and_paths_are_real() {
     bash -c 'grep -q "^      - bit-data:/var/lib/bit$" "$1" && grep -q "^      - bit-models:/models$" "$1" &&
              grep -q "^  bit-data:$" "$1" && grep -q "^  bit-models:$" "$1"' _ "$compose"
   check "compose: publishes the container port 8080" bash -c 'grep -q "^      - \"\${BIT_PUBLISH:-127.0.0.1:8080}:8080\"$" "$1"' _ "$compose"
-  check "compose: cpus and memory limits; training + inference threads = the cpus" \
+  check "compose: cpus and memory limits; the server's core budget = the cpus" \
     bash -c 'grep -q "cpus: \"\${BIT_CPUS:-4}\"" "$1" && grep -q "memory: \${BIT_MEMORY:-" "$1" &&
-             grep -q "BIT_TRAIN_THREADS: \${BIT_TRAIN_THREADS:-3}" "$1" &&
-             grep -q "BIT_INFER_THREADS: \${BIT_INFER_THREADS:-1}" "$1"' _ "$compose"
+             grep -q "BIT_CORES: \${BIT_CPUS:-4}" "$1"' _ "$compose"
   check "compose: the optional token (env file, secret the entrypoint reads)" \
     bash -c 'grep -q "path: ./bit.env" "$1" && grep -q "required: false" "$1" && grep -q "bit_api_token" "$1" &&
              grep -q "/run/secrets/bit_api_token" "$2"' _ "$compose" "$entrypoint"

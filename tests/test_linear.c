@@ -323,7 +323,7 @@ static void select_best(void)
     T_REQ_EQ(ft_params_from_json(hp, &p, err, sizeof err), 0);
     json_decref(hp);
     seen s = {.selected = -1, .best_top1 = -1};
-    ft_hooks h = {NULL, on_event, NULL, &s};
+    ft_hooks h = {NULL, on_event, NULL, &s, NULL};
     T_REQ_EQ(ft_run(t_fixture("model.npz"), data, run, &p, NULL, 0, &h, err, sizeof err), 0);
     T_GE(s.evals, 4);
     T_GE(s.selected, 3);

@@ -1,7 +1,8 @@
 /* The service layer in-process: atomic job creation (a kill -9 between its statements leaves
  * no job), recovery of interrupted creations, the registry's one name rule, the run-directory
  * and data-directory layout helpers, a job that runs exactly what it resolved, dry runs, and
- * the follows of job events. */
+ * the follows of job events, and the core budget (cores follow the work, never past the
+ * machine). */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include "ftjson.h"
 #include "npz.h"
 #include "rundir.h"
+#include "server/svc/cores.h"
 #include "server/svc/paths.h"
 #include "server/svc/registry.h"
 #include "server/svc/svc.h"
@@ -23,6 +25,83 @@
 #include "tdata.h"
 
 static char err[1024];
+
+/* ---------------------------------------------------------------- the core budget */
+
+typedef struct grab {
+    cores *c;
+    int want, got;
+} grab;
+
+static void *grab_infer(void *ud)
+{
+    grab *g = ud;
+    g->got = cores_infer_grant(g->c, g->want);
+    cores_infer_release(g->c, g->got); /* the job takes its team back after this */
+    return NULL;
+}
+
+static void *clear_queue(void *ud)
+{
+    usleep(20000); /* not a timing check: the yield must see the request first */
+    cores_waiting(ud, 0);
+    return NULL;
+}
+
+/* Idle, inference takes every core; a job takes cores - infer_share and inference then gets
+ * the rest; with no share, inference waits until training yields to a waiting request; the
+ * sum of what is held never passes the cores. */
+static void cores_follow_the_work(void)
+{
+    cores *c = NULL;
+    cores_stats st;
+    cores_config cfg = {.cores = 4, .infer_share = 1, .train_yield_ms = 1};
+    T_REQUIRE(cores_new(&cfg, &c, err, sizeof err) == 0);
+    T_EQ(cores_train_team(c), 3);
+    int n = cores_infer_grant(c, 0);
+    T_EQ(n, 4); /* idle: every core */
+    cores_infer_release(c, n);
+    cores_train_acquire(c);
+    n = cores_infer_grant(c, 0);
+    T_EQ(n, 1); /* a job trains: the share */
+    cores_get_stats(c, &st);
+    T_EQ(st.infer_held + st.train_held, 4);
+    /* a request waited past the bound: training lends its team, inference may take it all */
+    cores_waiting(c, eng_now_ms() - 1000);
+    pthread_t th;
+    T_REQUIRE(pthread_create(&th, NULL, clear_queue, c) == 0);
+    cores_infer_release(c, n);
+    T_EQ(cores_train_yield(c), 1);
+    pthread_join(th, NULL);
+    cores_get_stats(c, &st);
+    T_EQ(st.yields, 1ULL);
+    T_EQ(st.train_held, 3);
+    T_EQ(cores_train_yield(c), 0); /* nothing waits now */
+    cores_train_release(c);
+    cores_get_stats(c, &st);
+    T_CHECKF(st.peak <= 4, "peak %d", st.peak);
+    cores_free(c);
+
+    /* no share: inference waits for the job to yield, then gets every core */
+    cores_config none = {.cores = 2, .infer_share = -1, .train_yield_ms = 1};
+    T_REQUIRE(cores_new(&none, &c, err, sizeof err) == 0);
+    T_EQ(cores_train_team(c), 2);
+    cores_train_acquire(c);
+    grab g = {c, 0, 0};
+    T_REQUIRE(pthread_create(&th, NULL, grab_infer, &g) == 0);
+    cores_waiting(c, eng_now_ms() - 1000);
+    pthread_t th2;
+    T_REQUIRE(pthread_create(&th2, NULL, clear_queue, c) == 0);
+    T_EQ(cores_train_yield(c), 1); /* lends the cores; inference takes them, gives them back */
+    pthread_join(th, NULL);
+    T_EQ(g.got, 2);
+    pthread_join(th2, NULL);
+    cores_get_stats(c, &st);
+    T_EQ(st.train_held, 2);
+    T_CHECKF(st.peak <= 2, "peak %d", st.peak);
+    cores_train_release(c);
+    cores_free(c);
+}
 
 static void put_file(const char *path, const char *text)
 {
@@ -790,6 +869,7 @@ static void follow_limits_and_stop(void)
 
 int main(void)
 {
+    T_RUN(cores_follow_the_work);
     T_RUN(creation_is_atomic);
     T_RUN(interrupted_creation_recovers);
     T_RUN(name_rules);

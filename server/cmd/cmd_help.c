@@ -99,11 +99,15 @@ static const char env[] =
     "  BIT_API_TOKEN                             the bearer token itself (wins over the file)\n"
     "  BIT_UI                --ui                the web page at / (on or off; default on)\n"
     "  BIT_HTTP_THREADS      --http-threads      HTTP thread pool (default 8)\n"
-    "  BIT_TRAIN_THREADS     --train-threads     training threads (0 = cores - infer-threads)\n"
-    "  BIT_INFER_THREADS     --infer-threads     inference compute threads (default 1)\n"
+    "  BIT_CORES             --cores             compute threads inference and training share\n"
+    "  BIT_TRAIN_THREADS     --train-threads     a job's threads (0 = cores - infer-share)\n"
+    "  BIT_INFER_THREADS     --infer-threads     most inference threads (0 = every free core)\n"
+    "  BIT_INFER_SHARE       --infer-share       cores inference keeps while a job trains\n"
+    "  BIT_TRAIN_YIELD_MS    --train-yield-ms    training yields when classify waited this long\n"
+    "  BIT_DECODE_THREADS    --decode-threads    classify image decoding threads\n"
     "  BIT_PRECISION         --precision         inference: auto (default), f32 or bf16\n"
     "  BIT_MAX_BATCH         --max-batch         images per forward pass (default 8)\n"
-    "  BIT_BATCH_DELAY_MS    --batch-delay-ms    wait for a fuller batch (default 5)\n"
+    "  BIT_BATCH_DELAY_MS    --batch-delay-ms    wait for a fuller batch if few wait (default 5)\n"
     "  BIT_INFER_QUEUE       --infer-queue       waiting images before 503 (default 64)\n"
     "  BIT_MODEL_CACHE_MB    --model-cache-mb    weights kept loaded (default 2048)\n"
     "  BIT_BASE_RESOLUTION   --base-resolution   eval size of base models (default 128)\n"
@@ -136,9 +140,8 @@ static const char env[] =
     "  BIT_BIN               the bit binary that inspects each download\n"
     "\n"
     "In a container (deploy/Dockerfile) the defaults are BIT_LISTEN=0.0.0.0:8080,\n"
-    "BIT_DATA_DIR=/var/lib/bit and BIT_MODELS_DIR=/models. Size BIT_TRAIN_THREADS plus\n"
-    "BIT_INFER_THREADS (and --threads of the other commands) to the container's CPU limit:\n"
-    "0 counts every core the host has.\n";
+    "BIT_DATA_DIR=/var/lib/bit and BIT_MODELS_DIR=/models. Set BIT_CORES (and --threads of\n"
+    "the other commands) to the container's CPU limit: 0 counts every core the host has.\n";
 
 /* The fields of POST /v1/jobs, hyper-parameters from the table that parses them. */
 static void job_fields(FILE *f)

@@ -1,6 +1,7 @@
 /* bit serve: the daemon. One process holds the HTTP server (its own thread pool), the job
- * worker (its own training thread budget), the inference thread (its own budget, so a job
- * slows classification only boundedly) and the store; SIGTERM/SIGINT stop it gracefully.
+ * worker and the inference thread (which share the cores through one budget: inference takes
+ * every core while no job trains, --infer-share of them while one does) and the store;
+ * SIGTERM/SIGINT stop it gracefully.
  * Every option is a flag and a BIT_* environment variable (flags win), read once at start. */
 #include <errno.h>
 #include <getopt.h>
@@ -26,6 +27,7 @@ typedef struct serve_cfg {
     long infer_threads, max_batch, batch_delay_ms, infer_queue, model_cache_mb, base_resolution;
     long memory_budget_mb, max_per_ip, head_timeout_ms, min_body_rate, health_reserve;
     long max_head_kb, park_timeout_ms, max_streams, stream_buffer_kb;
+    long cores, infer_share, train_yield_ms, decode_threads;
 } serve_cfg;
 
 typedef struct opt {
@@ -49,11 +51,15 @@ static int options(serve_cfg *c, opt *o)
         STR("api-token-file", "BIT_API_TOKEN_FILE", token_file, "file holding the bearer token (or BIT_API_TOKEN)"),
         STR("ui", "BIT_UI", ui, "the web page at / and /ui/: on or off (default on)"),
         NUM("http-threads", "BIT_HTTP_THREADS", http_threads, 1, 256, "HTTP thread pool (default 8)"),
-        NUM("train-threads", "BIT_TRAIN_THREADS", train_threads, 0, 4096, "training compute threads (0 = cores - infer-threads)"),
+        NUM("cores", "BIT_CORES", cores, 0, 4096, "compute threads inference and training share (0 = online CPUs)"),
+        NUM("train-threads", "BIT_TRAIN_THREADS", train_threads, 0, 4096, "a job's compute threads (0 = cores - infer-share)"),
         STR("precision", "BIT_PRECISION", precision, "of inference: " CLI_PRECISION_HELP),
-        NUM("infer-threads", "BIT_INFER_THREADS", infer_threads, 1, 4096, "inference compute threads (default 1)"),
+        NUM("infer-threads", "BIT_INFER_THREADS", infer_threads, 0, 4096, "most inference compute threads (0 = every free core, the default)"),
+        NUM("infer-share", "BIT_INFER_SHARE", infer_share, -1, 4096, "cores inference keeps while a job trains (-1 = half the cores, the default; 0 = none: it waits for training to yield)"),
+        NUM("train-yield-ms", "BIT_TRAIN_YIELD_MS", train_yield_ms, -1, 600000, "training yields its cores when a classify request waited this long (default 50; -1 = never)"),
+        NUM("decode-threads", "BIT_DECODE_THREADS", decode_threads, 0, 16, "classify image decoding threads (0 = min(cores, 4))"),
         NUM("max-batch", "BIT_MAX_BATCH", max_batch, 1, 64, "images per forward pass (default 8)"),
-        NUM("batch-delay-ms", "BIT_BATCH_DELAY_MS", batch_delay_ms, 0, 10000, "wait for a fuller batch (default 5)"),
+        NUM("batch-delay-ms", "BIT_BATCH_DELAY_MS", batch_delay_ms, 0, 10000, "wait for a fuller batch while the queue is shallow (default 5)"),
         NUM("infer-queue", "BIT_INFER_QUEUE", infer_queue, 1, 100000, "waiting images before 503 (default 64)"),
         NUM("model-cache-mb", "BIT_MODEL_CACHE_MB", model_cache_mb, 1, 1 << 24, "weights kept loaded (default 2048)"),
         NUM("base-resolution", "BIT_BASE_RESOLUTION", base_resolution, 32, 4096, "eval size of base models (default 128)"),
@@ -107,7 +113,8 @@ static int parse(int argc, char **argv, serve_cfg *c)
                      .http_threads = 8, .loader_threads = 1, .max_upload_mb = 2048,
                      .max_queued = 100, .max_connections = 256, .timeout_s = 30,
                      .max_dataset_mb = 8192, .max_image_mp = 40, .shutdown_s = 10,
-                     .infer_threads = 1, .max_batch = 8, .batch_delay_ms = 5, .infer_queue = 64,
+                     .infer_threads = 0, .infer_share = -1, .train_yield_ms = 50,
+                     .max_batch = 8, .batch_delay_ms = 5, .infer_queue = 64,
                      .model_cache_mb = 2048, .base_resolution = 128, .max_per_ip = 64,
                      .head_timeout_ms = 10000, .min_body_rate = 1024, .health_reserve = 4,
                      .max_head_kb = 16, .park_timeout_ms = 30000, .max_streams = 64,
@@ -189,10 +196,13 @@ typedef struct parts {
 
 static void svc_config_of(const serve_cfg *c, svc_config *vc)
 {
-    /* libgomp teams spin while waiting: more compute threads than cores collapses both */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN), train = cores - c->infer_threads;
+    /* libgomp teams spin while waiting: more compute threads than cores collapses both, so
+     * one budget (server/svc/cores.h) hands the cores to inference and training */
     *vc = (svc_config){.data_dir = c->data_dir, .models_dir = c->models_dir, .worker = 1,
-                       .train_threads = (int)(c->train_threads ? c->train_threads : (train > 0 ? train : 1)),
+                       .cores = (int)c->cores, .train_threads = (int)c->train_threads,
+                       .infer_share = c->infer_share < 0 ? 0 : c->infer_share == 0 ? -1 : (int)c->infer_share,
+                       .train_yield_ms = c->train_yield_ms < 0 ? -1 : c->train_yield_ms == 0 ? 1 : (int)c->train_yield_ms,
+                       .decode_threads = (int)c->decode_threads,
                        .loader_threads = (int)c->loader_threads, .max_queued = (int)c->max_queued,
                        .base_resolution = (int)c->base_resolution,
                        .memory_budget = (uint64_t)c->memory_budget_mb << 20,

@@ -291,7 +291,7 @@ static int run_cli(int argc, char **argv, int pretrain)
     if (c.init_only) return init_only(&c);
     cli_run cr = {.json = c.json, .sub = pretrain ? "pretrain" : "finetune", .stop = &g_stop};
     cli_live_init(&cr.live, stderr);
-    ft_hooks hooks = {on_progress, on_event, on_stop, &cr};
+    ft_hooks hooks = {on_progress, on_event, on_stop, &cr, NULL};
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);

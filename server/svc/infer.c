@@ -15,16 +15,20 @@
 
 enum { M_LOADING, M_READY, M_FAILED };
 
-/* One classify call waiting in its model's queue; it lives on the caller's stack, which stays
- * blocked until done == n, so the inference thread may use it until then. */
-typedef struct inf_req {
+/* One classify call waiting in its model's queue, owned by inf from inf_submit until its
+ * done callback has returned (done == n: every image came out, failed or was cancelled). */
+typedef struct inf_job {
+    inf_model *m;
     const float *input;
     float *logits;
     int n, res, next, done, rc; /* next: first image not yet taken into a batch */
+    int queued;                 /* still linked in m's queue */
+    uint64_t id;
     double t_enq, t_start, t_end;
     char err[256];
-    pthread_cond_t cv;
-    struct inf_req *link;
+    inf_done_fn fn;
+    void *ud;
+    struct inf_job *link;
 } inf_req;
 
 struct inf_model {
@@ -55,7 +59,7 @@ typedef struct hist {
 
 typedef struct stats {
     hist queue, compute, batch;
-    uint64_t images, rejected, loads, evictions;
+    uint64_t images, rejected, loads, evictions, cancelled;
 } stats;
 
 typedef struct slot {
@@ -65,13 +69,15 @@ typedef struct slot {
 
 struct inf {
     inf_config cfg;
+    cores *own_cores; /* when the config gave none */
     pthread_mutex_t mu;
     pthread_cond_t work_cv, load_cv;
     pthread_t th;
     int started, stop;
     inf_model *models; /* every live model, doomed ones too until their last reference */
-    uint64_t bytes, tick;
+    uint64_t bytes, tick, ids;
     int pending;        /* queued images, all models */
+    int incoming;       /* requests on their way (inf_expect) */
     double ms_per_image; /* moving average, for Retry-After */
     stats st;
     /* the inference thread's own buffers */
@@ -166,11 +172,13 @@ static int plans_for(int max_batch)
 /* The net under the inference budget, so that a load does not fan out over every core. */
 static int build_net(inf *x, const char *path, eng_net **net, char *err, size_t errlen)
 {
-    eng_net_opts o = {.precision = x->cfg.precision, .max_plans = plans_for(x->cfg.max_batch)};
-    int old = omp_get_max_threads();
-    omp_set_num_threads(x->cfg.threads);
+    /* twice: plans are also keyed by the team size, which follows the grant */
+    eng_net_opts o = {.precision = x->cfg.precision, .max_plans = 2 * plans_for(x->cfg.max_batch)};
+    int old = omp_get_max_threads(), n = cores_infer_grant(x->cfg.cores, 0);
+    omp_set_num_threads(n);
     int rc = eng_net_load(path, &o, net, NULL, err, errlen);
     omp_set_num_threads(old);
+    cores_infer_release(x->cfg.cores, n);
     return rc;
 }
 
@@ -279,6 +287,14 @@ void inf_release(inf *x, inf_model *m)
 int inf_model_classes(const inf_model *m) { return m->classes; }
 const eng_labels *inf_model_labels(const inf_model *m) { return m->labels; }
 
+void inf_expect(inf *x, int d)
+{
+    pthread_mutex_lock(&x->mu);
+    x->incoming += d;
+    if (d < 0) pthread_cond_signal(&x->work_cv); /* a batch may stop waiting */
+    pthread_mutex_unlock(&x->mu);
+}
+
 int inf_loaded(inf *x, const char *path)
 {
     int yes = 0;
@@ -309,16 +325,29 @@ static int retry_after_locked(const inf *x)
     return s < 1 ? 1 : s > 60 ? 60 : (int)s;
 }
 
-int inf_classify(inf *x, inf_model *m, const float *input, int n, int res, float *logits,
-                 inf_timing *t, int *retry_s, char *err, size_t errlen)
+/* Tells the core budget how long the oldest waiting image has waited, so a training job
+ * yields its cores when classify requests wait too long. */
+static void tell_cores_locked(inf *x)
+{
+    double oldest = 0;
+    for (inf_model *m = x->models; m; m = m->next)
+        if (m->head && (!oldest || m->head->t_enq < oldest)) oldest = m->head->t_enq;
+    cores_waiting(x->cfg.cores, oldest);
+}
+
+int inf_submit(inf *x, inf_model *m, const float *input, int n, int res, float *logits,
+               inf_done_fn done, void *ud, uint64_t *id, int *retry_s, char *err,
+               size_t errlen)
 {
     if (n < 1) return eng_errf(err, errlen, ENG_EINVAL, "no images");
     if (n > x->cfg.max_queue)
         return eng_errf(err, errlen, ENG_ELIMIT, "%d images is more than the inference queue "
                         "holds (%d)", n, x->cfg.max_queue);
-    inf_req r = {.input = input, .logits = logits, .n = n, .res = res, .t_enq = eng_now_ms()};
+    inf_req *r = calloc(1, sizeof *r);
+    if (!r) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
+    *r = (inf_req){.m = m, .input = input, .logits = logits, .n = n, .res = res,
+                   .t_enq = eng_now_ms(), .fn = done, .ud = ud, .queued = 1};
     int rc = 0;
-    pthread_cond_init(&r.cv, NULL);
     pthread_mutex_lock(&x->mu);
     if (x->stop || !x->started) {
         rc = eng_errf(err, errlen, ENG_EIO, "the inference thread is not running");
@@ -328,18 +357,110 @@ int inf_classify(inf *x, inf_model *m, const float *input, int n, int res, float
         rc = eng_errf(err, errlen, INF_EBUSY, "the inference queue is full (%d images waiting)",
                       x->pending);
     } else {
-        if (m->tail) m->tail->link = &r;
-        else m->head = &r;
-        m->tail = &r;
+        if (m->tail) m->tail->link = r;
+        else m->head = r;
+        m->tail = r;
         m->pending += n, x->pending += n, m->active++;
+        r->id = ++x->ids;
+        if (id) *id = r->id;
+        tell_cores_locked(x);
         pthread_cond_signal(&x->work_cv);
-        while (r.done < r.n) pthread_cond_wait(&r.cv, &x->mu);
-        m->active--;
-        if ((rc = r.rc)) eng_errf(err, errlen, rc, "%s", r.err);
     }
     pthread_mutex_unlock(&x->mu);
-    pthread_cond_destroy(&r.cv);
-    if (t && !rc) t->queue_ms = r.t_start - r.t_enq, t->infer_ms = r.t_end - r.t_start;
+    if (rc) free(r);
+    return rc;
+}
+
+/* Under the lock: the job is over (done == n); unlinks its bookkeeping. The caller runs
+ * the callback outside the lock, then frees it. */
+static void over_locked(inf *x, inf_req *r) { r->m->active--; (void)x; }
+
+static void call_done(inf_req *r)
+{
+    inf_timing t = {r->t_start - r->t_enq, r->t_end - r->t_start};
+    r->fn(r->ud, r->rc, &t, r->err);
+    free(r);
+}
+
+static void unqueue_locked(inf_model *m, inf_req *r)
+{
+    inf_req *prev = NULL;
+    for (inf_req *q = m->head; q; prev = q, q = q->link)
+        if (q == r) {
+            if (prev) prev->link = r->link;
+            else m->head = r->link;
+            if (m->tail == r) m->tail = prev;
+            break;
+        }
+    r->queued = 0, r->link = NULL;
+}
+
+static inf_req *find_queued_locked(inf *x, uint64_t id)
+{
+    for (inf_model *m = x->models; m; m = m->next)
+        for (inf_req *r = m->head; r; r = r->link)
+            if (r->id == id) return r;
+    return NULL;
+}
+
+void inf_cancel(inf *x, uint64_t id)
+{
+    pthread_mutex_lock(&x->mu);
+    inf_req *r = find_queued_locked(x, id);
+    int untaken = r ? r->n - r->next : 0, over = 0;
+    if (untaken > 0) {
+        if (r->queued) unqueue_locked(r->m, r);
+        r->m->pending -= untaken, x->pending -= untaken;
+        r->next = r->n, r->done += untaken;
+        if (!r->rc) {
+            r->rc = INF_ECANCELED;
+            snprintf(r->err, sizeof r->err, "cancelled: the client is gone");
+        }
+        x->st.cancelled++;
+        if (!r->t_start) r->t_start = r->t_enq;
+        r->t_end = eng_now_ms();
+        tell_cores_locked(x);
+        if ((over = r->done == r->n)) over_locked(x, r);
+    }
+    pthread_mutex_unlock(&x->mu);
+    if (over) call_done(r);
+}
+
+/* The blocking form: a done callback that wakes the caller. */
+typedef struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int over, rc;
+    inf_timing t;
+    char err[256];
+} waiter;
+
+static void wake(void *ud, int rc, const inf_timing *t, const char *err)
+{
+    waiter *w = ud;
+    pthread_mutex_lock(&w->mu);
+    w->rc = rc, w->t = *t, w->over = 1;
+    snprintf(w->err, sizeof w->err, "%s", err);
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int inf_classify(inf *x, inf_model *m, const float *input, int n, int res, float *logits,
+                 inf_timing *t, int *retry_s, char *err, size_t errlen)
+{
+    waiter w = {.rc = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    int rc = inf_submit(x, m, input, n, res, logits, wake, &w, NULL, retry_s, err, errlen);
+    if (!rc) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.over) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        if ((rc = w.rc)) eng_errf(err, errlen, rc, "%s", w.err);
+        else if (t) *t = w.t;
+    }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
     return rc;
 }
 
@@ -354,7 +475,8 @@ static inf_model *next_model(inf *x)
     return best;
 }
 
-/* Powers of two (and max_batch itself) bound the plans, and their memory, a net caches. */
+/* The batch follows the queue: every waiting image up to max_batch, rounded down to a power
+ * of two (or max_batch itself), which bounds the plans, and their memory, a net caches. */
 static int batch_size(int avail, int max_batch)
 {
     if (avail >= max_batch) return max_batch;
@@ -375,9 +497,13 @@ static int take_locked(inf *x, inf_model *m, double now)
         if (r->next == 0) r->t_start = now;
         hist_add(&x->st.queue, time_le, NTIME, (now - r->t_enq) / 1e3);
         x->slots[got] = (slot){r, r->next++};
-        if (r->next == r->n && !(m->head = r->link)) m->tail = NULL;
+        if (r->next == r->n) {
+            r->queued = 0;
+            if (!(m->head = r->link)) m->tail = NULL;
+        }
     }
     m->pending -= k, x->pending -= k;
+    tell_cores_locked(x);
     return k;
 }
 
@@ -410,9 +536,11 @@ static int run_batch(inf *x, inf_model *m, int k, char *err, size_t errlen)
     return eng_net_forward(m->net, in, k, res, res, x->out, NULL, NULL, err, errlen);
 }
 
-/* Hands results back. Logits are copied before taking the lock: their owners cannot return
- * before `done` counts them, which only happens under it. */
-static void finish(inf *x, inf_model *m, int k, int rc, const char *err, double t0, double t1)
+/* Hands results back. Logits are copied before taking the lock: their owners cannot go
+ * before `done` counts them, which only happens under it. Jobs that are over go to *over,
+ * for their callbacks to run outside the lock. */
+static void finish(inf *x, inf_model *m, int k, int rc, const char *err, double t0, double t1,
+                   inf_req **over)
 {
     int c = m->classes;
     for (int i = 0; i < k && !rc; i++)
@@ -421,10 +549,12 @@ static void finish(inf *x, inf_model *m, int k, int rc, const char *err, double 
     pthread_mutex_lock(&x->mu);
     for (int i = 0; i < k; i++) {
         inf_req *r = x->slots[i].r;
-        if (rc) r->rc = rc, snprintf(r->err, sizeof r->err, "%s", err);
+        if (rc && !r->rc) r->rc = rc, snprintf(r->err, sizeof r->err, "%s", err);
         if (++r->done == r->n) {
             r->t_end = t1;
-            pthread_cond_signal(&r->cv);
+            over_locked(x, r);
+            r->link = *over;
+            *over = r;
         }
     }
     hist_add(&x->st.compute, time_le, NTIME, (t1 - t0) / 1e3);
@@ -434,14 +564,21 @@ static void finish(inf *x, inf_model *m, int k, int rc, const char *err, double 
     x->ms_per_image = x->ms_per_image ? 0.9 * x->ms_per_image + 0.1 * per : per;
 }
 
-static void fail_waiting_locked(inf *x)
+static void fail_waiting_locked(inf *x, inf_req **over)
 {
     for (inf_model *m = x->models; m; m = m->next) {
-        for (inf_req *r = m->head; r; r = r->link) {
+        for (inf_req *r = m->head, *next; r; r = next) {
+            next = r->link;
             r->rc = ENG_EIO;
             snprintf(r->err, sizeof r->err, "the server is stopping");
-            r->done += r->n - r->next, r->next = r->n;
-            pthread_cond_signal(&r->cv);
+            r->done += r->n - r->next, r->next = r->n, r->queued = 0;
+            if (!r->t_start) r->t_start = r->t_enq;
+            r->t_end = eng_now_ms();
+            if (r->done == r->n) {
+                over_locked(x, r);
+                r->link = *over;
+                *over = r;
+            }
         }
         m->head = m->tail = NULL, m->pending = 0;
     }
@@ -458,10 +595,30 @@ static void wait_until(inf *x, double ms)
     pthread_cond_timedwait(&x->work_cv, &x->mu, &ts);
 }
 
+/* The team OpenMP really forms now (the test hook behind bit_cores_peak_observed). */
+static int team_size(void)
+{
+    int n = 0;
+    #pragma omp parallel
+    {
+        #pragma omp single
+        n = omp_get_num_threads();
+    }
+    return n;
+}
+
+static void run_over(inf_req *over)
+{
+    while (over) {
+        inf_req *next = over->link;
+        call_done(over);
+        over = next;
+    }
+}
+
 static void *inf_main(void *ud)
 {
     inf *x = ud;
-    omp_set_num_threads(x->cfg.threads); /* this thread's budget, once */
     pthread_mutex_lock(&x->mu);
     while (!x->stop) {
         inf_model *m = next_model(x);
@@ -469,22 +626,43 @@ static void *inf_main(void *ud)
             pthread_cond_wait(&x->work_cv, &x->mu);
             continue;
         }
-        /* Waiting pays only while more images are on their way: requests that hold the
-         * model but have not submitted yet (decoding); a lone client never waits. */
+        /* Waiting pays only while the queue is shallow and more images are on their way:
+         * requests that hold the model but have not submitted yet (decoding); a lone client
+         * never waits, and a deep queue runs at once. */
         double now = eng_now_ms(), due = m->head->t_enq + x->cfg.batch_delay_ms;
-        if (m->pending < x->cfg.max_batch && m->refs > m->active && now < due) {
+        if (m->pending < x->cfg.max_batch && (m->refs > m->active || x->incoming > 0) && now < due) {
             wait_until(x, due);
             continue;
         }
-        int k = take_locked(x, m, now);
+        /* The cores first (this may wait for a training job to yield), then the images that
+         * are waiting by then: the batch gets whatever piled up meanwhile. */
+        pthread_mutex_unlock(&x->mu);
+        int team = cores_infer_grant(x->cfg.cores, x->cfg.threads);
+        omp_set_num_threads(team);
+        pthread_mutex_lock(&x->mu);
+        if (!x->stop && (m = next_model(x))) cores_observe(x->cfg.cores, 0, team_size());
+        if (x->stop || !m) {
+            pthread_mutex_unlock(&x->mu);
+            cores_infer_release(x->cfg.cores, team);
+            pthread_mutex_lock(&x->mu);
+            continue;
+        }
+        int k = take_locked(x, m, eng_now_ms());
         pthread_mutex_unlock(&x->mu);
         char err[256] = "";
         double t0 = eng_now_ms();
         int rc = run_batch(x, m, k, err, sizeof err);
-        finish(x, m, k, rc, err, t0, eng_now_ms()); /* returns with the lock held */
+        inf_req *over = NULL;
+        finish(x, m, k, rc, err, t0, eng_now_ms(), &over); /* returns with the lock held */
+        pthread_mutex_unlock(&x->mu);
+        cores_infer_release(x->cfg.cores, team);
+        run_over(over);
+        pthread_mutex_lock(&x->mu);
     }
-    fail_waiting_locked(x);
+    inf_req *over = NULL;
+    fail_waiting_locked(x, &over);
     pthread_mutex_unlock(&x->mu);
+    run_over(over);
     return NULL;
 }
 
@@ -495,7 +673,16 @@ int inf_new(const inf_config *cfg, inf **out, char *err, size_t errlen)
     inf *x = calloc(1, sizeof *x);
     if (!x) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     x->cfg = *cfg;
-    if (x->cfg.threads <= 0) x->cfg.threads = 1;
+    if (x->cfg.threads < 0) x->cfg.threads = 0;
+    if (!x->cfg.cores) {
+        cores_config cc = {.infer_threads = x->cfg.threads};
+        int rc = cores_new(&cc, &x->own_cores, err, errlen);
+        if (rc) {
+            free(x);
+            return rc;
+        }
+        x->cfg.cores = x->own_cores;
+    }
     if (x->cfg.max_batch <= 0) x->cfg.max_batch = 8;
     if (x->cfg.max_batch > 64) x->cfg.max_batch = 64;
     if (!x->cfg.batch_delay_ms) x->cfg.batch_delay_ms = 5;
@@ -539,6 +726,7 @@ void inf_free(inf *x)
     free_models(x->models);
     eng_free(x->in);
     eng_free(x->out);
+    cores_free(x->own_cores);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->work_cv);
     pthread_cond_destroy(&x->load_cv);
@@ -565,6 +753,13 @@ static void print_one(FILE *f, const char *name, const char *type, const char *h
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
 }
 
+void inf_get_stats(inf *x, inf_stats *st)
+{
+    pthread_mutex_lock(&x->mu);
+    st->images = x->st.images, st->batches = x->st.batch.count, st->cancelled = x->st.cancelled;
+    pthread_mutex_unlock(&x->mu);
+}
+
 int inf_metrics_text(inf *x, FILE *f)
 {
     pthread_mutex_lock(&x->mu);
@@ -578,6 +773,10 @@ int inf_metrics_text(inf *x, FILE *f)
     print_hist(f, "bit_inference_compute_seconds", "Duration of one batched forward pass.",
                &s.compute, time_le, NTIME);
     print_hist(f, "bit_inference_batch_size", "Images per forward pass.", &s.batch, batch_le, NBATCH);
+    print_one(f, "bit_inference_batch_size_mean", "gauge", "Mean images per forward pass since start.",
+              s.batch.count ? s.batch.sum / (double)s.batch.count : 0);
+    print_one(f, "bit_inference_cancelled_total", "counter",
+              "Classify requests whose client left while they waited.", (double)s.cancelled);
     print_one(f, "bit_inference_images_total", "counter", "Images classified.", (double)s.images);
     print_one(f, "bit_inference_rejected_total", "counter",
               "Classify requests refused with 503 because the queue was full.", (double)s.rejected);

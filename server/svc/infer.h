@@ -1,7 +1,8 @@
 /* Inference for the server: loaded models in an LRU cache bounded by their weight bytes, one
- * queue per model, and one inference thread (its own OpenMP budget) that batches the waiting
- * images of a model into one forward pass. inf owns every inf_model (callers hold references
- * from inf_acquire until inf_release); inputs, outputs and strings stay the caller's. */
+ * queue per model, and one inference thread that batches the waiting images of a model into
+ * one forward pass, each pass under a grant of the core budget (cores.h): every free core
+ * while no job trains. inf owns every inf_model (callers hold references from inf_acquire
+ * until inf_release) and every inf_job; inputs, outputs and strings stay the caller's. */
 #ifndef BIT_INFER_H
 #define BIT_INFER_H
 
@@ -9,6 +10,7 @@
 #include <stdio.h>
 
 #include "arch.h"
+#include "server/svc/cores.h"
 #include "labels.h"
 #include "net.h"
 
@@ -18,10 +20,12 @@ enum {
 
 /* Zero fields mean the default. */
 typedef struct inf_config {
-    int threads;          /* OpenMP threads of the inference thread; default 1 */
+    cores *cores;         /* the core budget (borrowed); NULL: inf keeps one of its own */
+    int threads;          /* most OpenMP threads of a pass; 0: every core the budget grants */
     int max_batch;        /* images per forward pass, 1..64; default 8 */
     int batch_delay_ms;   /* how long the oldest waiting image may wait for images still being
-                           * decoded (holders of the model); default 5, negative: never */
+                           * decoded (holders of the model) while fewer than max_batch wait;
+                           * default 5, negative: never */
     int max_queue;        /* waiting images (all models) before INF_EBUSY; default 64 */
     uint64_t cache_bytes; /* weights kept loaded (parameters x 4 bytes); default 2 GiB */
     eng_precision precision; /* of every loaded net; default f32 (auto resolves per CPU) */
@@ -64,11 +68,35 @@ typedef struct inf_timing {
 int inf_classify(inf *x, inf_model *m, const float *input, int n, int res, float *logits,
                  inf_timing *t, int *retry_s, char *err, size_t errlen);
 
+/* The same without blocking: queues the images and returns; done(ud, rc, timing, err) runs
+ * exactly once, on the inference thread (or in inf_cancel's caller), when the last image is
+ * out (rc 0), failed, or was cancelled (INF_ECANCELED). input and logits must stay valid
+ * until then. *id names the request for inf_cancel. */
+typedef void (*inf_done_fn)(void *ud, int rc, const inf_timing *t, const char *err);
+enum { INF_ECANCELED = -31 };
+int inf_submit(inf *x, inf_model *m, const float *input, int n, int res, float *logits,
+               inf_done_fn done, void *ud, uint64_t *id, int *retry_s, char *err,
+               size_t errlen);
+/* Takes the request's images that are not in a forward pass yet out of the queue (its client
+ * is gone); its done runs once those in flight are out, here if none is. A request that is
+ * no longer queued (all its images taken, or over) is left alone: any time is safe. */
+void inf_cancel(inf *x, uint64_t id);
+
+/* Requests on their way that hold no model yet (queued for decoding): d is +1 when one comes,
+ * -1 when it is submitted or ends. While any is on its way, a shallow queue waits up to
+ * batch_delay_ms for it, as for holders of the model. */
+void inf_expect(inf *x, int d);
+
 /* 1 when the file at path is loaded (for listings). */
 int inf_loaded(inf *x, const char *path);
 /* Drops a deleted model from the cache; it is freed once its last reference goes. */
 void inf_forget(inf *x, const char *path);
-/* Prometheus text: queue and compute time, batch sizes, cache bytes, models loaded. */
+typedef struct inf_stats {
+    unsigned long long images, batches, cancelled;
+} inf_stats;
+void inf_get_stats(inf *x, inf_stats *st);
+/* Prometheus text: queue and compute time, batch sizes (and their mean), cache bytes, models
+ * loaded. */
 int inf_metrics_text(inf *x, FILE *f);
 
 #endif

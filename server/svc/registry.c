@@ -1,6 +1,7 @@
 #include "server/svc/registry.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,19 @@
 #include "rundir.h"
 #include "server/svc/paths.h"
 
+/* The resolution a base checkpoint carries, by file version: reading it scans the archive,
+ * which every classify request would otherwise pay (milliseconds for an R50). */
+typedef struct res_memo {
+    char path[4200];
+    int64_t mtime_ns, size;
+    int resolution; /* 0: the file carries none */
+} res_memo;
+
 struct reg {
     reg_config cfg;
+    pthread_mutex_t mu; /* memo */
+    res_memo memo[8];
+    unsigned next;
 };
 
 int reg_new(const reg_config *cfg, reg **out, char *err, size_t errlen)
@@ -24,12 +36,50 @@ int reg_new(const reg_config *cfg, reg **out, char *err, size_t errlen)
     reg *r = calloc(1, sizeof *r);
     if (!r) return eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     r->cfg = *cfg;
+    pthread_mutex_init(&r->mu, NULL);
     if (r->cfg.base_resolution < ENG_MIN_RES) r->cfg.base_resolution = 128;
     *out = r;
     return 0;
 }
 
-void reg_free(reg *r) { free(r); }
+void reg_free(reg *r)
+{
+    if (!r) return;
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+/* The resolution inside a checkpoint (0: none), from the memo while the file is unchanged. */
+static int carried_resolution(reg *r, const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb)) return 0;
+    int64_t mt = (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < sizeof r->memo / sizeof r->memo[0]; i++) {
+        const res_memo *e = &r->memo[i];
+        if (e->mtime_ns == mt && e->size == (int64_t)sb.st_size && !strcmp(e->path, path)) {
+            int v = e->resolution;
+            pthread_mutex_unlock(&r->mu);
+            return v;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    eng_meta meta;
+    int v = 0;
+    if (!eng_meta_read(path, &meta, NULL, 0) && meta.resolution >= ENG_MIN_RES &&
+        meta.resolution <= PRE_MAX_SIDE)
+        v = meta.resolution;
+    eng_meta_clear(&meta);
+    if (strlen(path) < sizeof r->memo[0].path) {
+        pthread_mutex_lock(&r->mu);
+        res_memo *e = &r->memo[r->next++ % (sizeof r->memo / sizeof r->memo[0])];
+        snprintf(e->path, sizeof e->path, "%s", path);
+        e->mtime_ns = mt, e->size = (int64_t)sb.st_size, e->resolution = v;
+        pthread_mutex_unlock(&r->mu);
+    }
+    return v;
+}
 
 int reg_is_id(const char *s)
 {
@@ -55,16 +105,13 @@ int reg_name_ok(const char *s)
 /* NAME.json beside a base model may say {"resolution": R, "pretrain_resolution": P}; else
  * the size the checkpoint carries (a fine-tuned model copied in, modelmeta.h); else the
  * configured default. */
-static void base_resolution(const reg *r, const char *name, reg_model *m)
+static void base_resolution(reg *r, const char *name, reg_model *m)
 {
     char path[4400];
-    eng_meta meta;
     m->resolution = r->cfg.base_resolution;
     if (svc_path_base(r->cfg.models_dir, name, SVC_BASE_JSON, path, sizeof path) || access(path, R_OK)) {
-        if (!eng_meta_read(m->path, &meta, NULL, 0) && meta.resolution >= ENG_MIN_RES &&
-            meta.resolution <= PRE_MAX_SIDE)
-            m->resolution = meta.resolution;
-        eng_meta_clear(&meta);
+        int v = carried_resolution(r, m->path);
+        if (v) m->resolution = v;
         return;
     }
     json_t *j = json_load_file(path, 0, NULL);
@@ -75,7 +122,7 @@ static void base_resolution(const reg *r, const char *name, reg_model *m)
     if (pv >= ENG_MIN_RES && pv <= 4096) m->pretrain_resolution = (int)pv;
 }
 
-static int from_file(const reg *r, const char *name, reg_model *m, char *err, size_t errlen)
+static int from_file(reg *r, const char *name, reg_model *m, char *err, size_t errlen)
 {
     struct stat sb;
     if (!reg_name_ok(name) || svc_path_base(r->cfg.models_dir, name, SVC_BASE_NPZ, m->path, sizeof m->path) ||

@@ -138,12 +138,19 @@ static int open_parts(svc *s, char *err, size_t errlen)
                        .base_resolution = s->cfg.base_resolution};
     if ((rc = reg_new(&rcfg, &s->models, err, errlen))) return rc;
     if ((rc = bud_new(s->cfg.memory_budget, &s->mem, err, errlen))) return rc;
+    cores_config cc = {.cores = s->cfg.cores, .infer_threads = s->cfg.infer.threads,
+                       .infer_share = s->cfg.infer_share, .train_threads = s->cfg.train_threads,
+                       .train_yield_ms = s->cfg.train_yield_ms};
+    if ((rc = cores_new(&cc, &s->cores, err, errlen))) return rc;
+    s->cfg.train_threads = cores_train_team(s->cores); /* what timing.c measures with */
+    s->cfg.infer.cores = s->cores;
     if ((rc = inf_new(&s->cfg.infer, &s->infer, err, errlen))) return rc;
+    if ((rc = svc__dec_new(s, err, errlen))) return rc;
     if ((rc = fol_new(s->st, s->cfg.max_followers, &s->follow, err, errlen))) return rc;
     if (!s->cfg.worker) return 0;
     wrk_config wc = {.st = s->st, .models = s->models, .data_dir = s->data_dir,
                      .models_dir = s->models_dir,
-                     .threads = s->cfg.train_threads, .loader_threads = s->cfg.loader_threads,
+                     .cores = s->cores, .loader_threads = s->cfg.loader_threads,
                      .log = s->cfg.log};
     return wrk_new(&wc, &s->worker, err, errlen);
 }
@@ -158,7 +165,6 @@ int svc_open(const svc_config *cfg, svc **out, char *err, size_t errlen)
     s->data_dir = strdup(cfg->data_dir ? cfg->data_dir : "./var");
     s->models_dir = strdup(cfg->models_dir ? cfg->models_dir : "./models");
     if (s->cfg.max_queued <= 0) s->cfg.max_queued = 100;
-    if (s->cfg.train_threads <= 0) s->cfg.train_threads = 1;
     if (s->cfg.loader_threads <= 0) s->cfg.loader_threads = 1;
     int rc = s->data_dir && s->models_dir ? open_parts(s, err, errlen)
                                           : eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
@@ -209,6 +215,7 @@ int svc_start(svc *s, char *err, size_t errlen)
 {
     log_models(s);
     int rc = inf_start(s->infer, err, errlen);
+    if (!rc) rc = svc__dec_start(s, err, errlen);
     if (!rc) rc = fol_start(s->follow, err, errlen);
     if (!rc && s->worker) rc = wrk_start(s->worker, err, errlen);
     if (!rc) s->started = 1;
@@ -219,6 +226,10 @@ void svc_stop(svc *s)
 {
     if (!s) return;
     fol_stop(s->follow); /* listeners hear no more (their streams close) */
+    svc__dec_stop(s);    /* requests still decoding fail */
+    /* Nobody waits for cores from now on: the inference thread may be waiting for a job to
+     * yield. A grant after this may overlap the job's last micro-batch, once, while it stops. */
+    if (s->cores) cores_shutdown(s->cores);
     inf_stop(s->infer);
     wrk_stop(s->worker);
 }
@@ -228,8 +239,10 @@ void svc_close(svc *s)
     if (!s) return;
     svc_stop(s);
     fol_free(s->follow);
+    svc__dec_free(s);
     inf_free(s->infer);
     wrk_free(s->worker);
+    cores_free(s->cores);
     reg_free(s->models);
     bud_free(s->mem);
     store_close(s->st);
@@ -299,6 +312,7 @@ int svc_metrics_text(svc *s, FILE *f)
     fprintf(f, "# HELP bit_event_followers Open event streams of jobs (events?follow=true).\n"
                "# TYPE bit_event_followers gauge\nbit_event_followers %u\n", fol_count(s->follow));
     bud_metrics_text(s->mem, f);
+    cores_metrics_text(s->cores, f);
     fprintf(f, "# HELP bit_inference_precision The precision of inference (1) and oneDNN's ISA.\n"
                "# TYPE bit_inference_precision gauge\nbit_inference_precision{precision=\"%s\",isa=\"%s\"} 1\n",
             eng_precision_name(eng_precision_resolve(s->cfg.infer.precision)), eng_cpu_isa());

@@ -34,7 +34,13 @@ typedef struct svc_config {
     const char *data_dir;   /* bit.db, tmp/, datasets/, jobs/ (server/svc/paths.h) */
     const char *models_dir; /* base models NAME.npz [+ NAME.labels.txt, NAME.json] */
     int worker;             /* 1: run jobs (a worker thread); 0: an API-only service */
-    int train_threads;      /* the worker's OpenMP budget; default 1 */
+    int cores;              /* compute threads inference and training share; 0: online CPUs */
+    int train_threads;      /* a job's OpenMP team; 0: cores - infer_share */
+    int infer_share;        /* cores inference keeps while a job trains; 0: cores / 2;
+                               negative: none (it waits for training to yield) */
+    int train_yield_ms;     /* training yields while a classify request waited this long;
+                               0: 50, negative: never */
+    int decode_threads;     /* the classify decode pool; 0: min(cores, 4) */
     int loader_threads;     /* image decoding threads of a running job; default 1 */
     int max_queued;         /* queued jobs before SVC_EBUSY; default 100 */
     int base_resolution;    /* eval size of base models without NAME.json; default 128 */
@@ -44,6 +50,8 @@ typedef struct svc_config {
     uint64_t memory_budget; /* bytes client requests may hold at once (decodes, imports, a
                                job's training); 0: half of the machine's or cgroup's memory */
     unsigned max_followers; /* live event follows (svc_job_follow); default 64 */
+    int max_decode_queue;   /* classify requests waiting for the decode pool before SVC_EBUSY;
+                               default 256 */
     FILE *log;              /* JSON lines (start-up, jobs); NULL: stderr */
 } svc_config;
 
@@ -212,6 +220,22 @@ typedef struct svc_classification {
 int svc_classify(svc *s, const char *model_ref, const svc_image *img, int n, int topk,
                  svc_classification *out, svc_err *e);
 void svc_classification_free(svc_classification *c);
+
+/* The same without blocking the caller: checks n, queues the request for the decode pool and
+ * returns (SVC_EBUSY when that queue is full). done(ud, rc, c, e) then runs exactly once, on
+ * a service thread: rc 0 with *c (the callback's to free with svc_classification_free), or
+ * the error in *e (reason "cancelled" after svc_classify_cancel). model_ref is copied; img and
+ * the bytes it points at must stay valid until done. */
+typedef struct svc_call svc_call;
+typedef void (*svc_classify_done)(void *ud, int rc, svc_classification *c, const svc_err *e);
+/* out non-NULL: a reference to the request, the caller's to let go with svc_call_release. */
+int svc_classify_submit(svc *s, const char *model_ref, const svc_image *img, int n, int topk,
+                        svc_classify_done done, void *ud, svc_call **out, svc_err *e);
+/* The client is gone: the request leaves the queues (its images not yet in a forward pass
+ * free their room) and done comes soon, possibly inside this call. Safe while the caller
+ * holds a reference, or before done has returned; a no-op once the request is over. */
+void svc_classify_cancel(svc *s, svc_call *call);
+void svc_call_release(svc_call *call);
 
 /* ---- operations ---- */
 

@@ -6,6 +6,7 @@
 
 #include "finetune.h"
 #include "server/svc/budget.h"
+#include "server/svc/cores.h"
 #include "server/svc/follow.h"
 #include "server/svc/infer.h"
 #include "server/svc/paths.h"
@@ -22,6 +23,8 @@ struct svc {
     inf *infer;
     fol *follow;      /* live event follows */
     bud *mem;         /* --memory-budget-mb */
+    cores *cores;     /* the compute threads, shared by inference and the worker */
+    struct dec *dec;  /* the classify decode pool (classify.c) */
     pthread_mutex_t measure_mu; /* one speed measurement at a time (timing.c) */
     int started;
 };
@@ -43,6 +46,12 @@ void svc__scrub(const svc *s, char *msg, size_t len);
  * needed, cached in the data directory). r holds the rule; it gets the plan. */
 int svc__plan(svc *s, const char *base_path, const ft_params *p, const ft_data_info *info,
               int64_t val_images, int classes, ft_resolved *r, svc_err *e);
+
+/* classify.c: the decode pool's life cycle. */
+int svc__dec_new(svc *s, char *err, size_t errlen);
+int svc__dec_start(svc *s, char *err, size_t errlen);
+void svc__dec_stop(svc *s); /* fails what waits, joins the threads */
+void svc__dec_free(svc *s);
 
 /* How long a decode or an import waits for memory before answering busy. */
 #define SVC_MEMORY_WAIT_MS 2000

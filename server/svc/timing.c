@@ -63,10 +63,16 @@ static int cost(void *ud, int crop, ft_cost *out)
     timing_ctx *c = ud;
     if (!cached(c, crop, out)) return 0;
     if (c->s->worker && wrk_busy(c->s->worker) && !scaled(c, crop, out)) return 0;
-    int old = omp_get_max_threads();
-    omp_set_num_threads(c->s->cfg.train_threads); /* the worker's budget: what the run will have */
+    /* the team the run will have, as a grant of the core budget, so a measurement never
+     * runs on cores inference holds (it gets fewer while a job trains, and says so) */
+    int old = omp_get_max_threads(), n = cores_infer_try(c->s->cores, c->s->cfg.train_threads);
+    if (!n) /* --infer-share 0 and a job holds every core: no waiting on an HTTP thread */
+        return eng_errf(c->err, sizeof c->err, ENG_EIO, "every core is training a job "
+                        "(--infer-share 0): measure once it ends, or give steps");
+    omp_set_num_threads(n);
     int rc = ft_measure(c->base, c->classes, crop, c->micro, c->prec, out, c->err, sizeof c->err);
     omp_set_num_threads(old);
+    cores_infer_release(c->s->cores, n);
     if (rc) return rc;
     char key[256];
     key_of(c, crop, key, sizeof key);

@@ -94,6 +94,26 @@ static int on_stop(void *ud)
     return c->cancel ? 1 : 0;
 }
 
+/* The team OpenMP really forms now (the test hook behind bit_cores_peak_observed). */
+static int team_size(void)
+{
+    int n = 0;
+    #pragma omp parallel
+    {
+        #pragma omp single
+        n = omp_get_num_threads();
+    }
+    return n;
+}
+
+/* Between micro-batches: lends the cores to classify requests that waited too long. */
+static void on_yield(void *ud)
+{
+    job_ctx *c = ud;
+    cores_train_yield(c->w->cfg.cores);
+    cores_observe(c->w->cfg.cores, 1, team_size());
+}
+
 static int job_paths(wrk *w, const store_job *j, char *base, char *data, char *run, size_t len,
                      char *err, size_t errlen)
 {
@@ -171,9 +191,13 @@ static void run_job(wrk *w, const store_job *j)
     if (!rc) rc = job_settings(j, &r, err, sizeof err);
     if (!rc) {
         int resume = ft_rundir_has_run(run);
-        ft_hooks hooks = {on_progress, on_event, on_stop, &c};
+        ft_hooks hooks = {on_progress, on_event, on_stop, &c, on_yield};
         log_line(w, j->id, resume ? "resumed" : "started", NULL);
+        /* The team is fixed for the run: the trainer's oneDNN primitives are built for it. */
+        cores_train_acquire(w->cfg.cores);
+        omp_set_num_threads(cores_train_team(w->cfg.cores));
         rc = ft_run(base, data, run, &p, &r, resume, &hooks, err, sizeof err);
+        cores_train_release(w->cfg.cores);
     }
     pthread_mutex_lock(&w->mu);
     w->ips = 0;
@@ -184,7 +208,6 @@ static void run_job(wrk *w, const store_job *j)
 static void *worker_main(void *ud)
 {
     wrk *w = ud;
-    omp_set_num_threads(w->cfg.threads > 0 ? w->cfg.threads : 1); /* this thread's budget */
     for (;;) {
         pthread_mutex_lock(&w->mu);
         int stop = w->stop;

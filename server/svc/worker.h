@@ -1,5 +1,6 @@
 /* The job worker: a thread that claims queued fine-tune jobs from the store, runs exactly the
- * settings resolved at their creation with ft_run under its own OpenMP thread budget, reports
+ * settings resolved at their creation with ft_run under the training grant of the core budget
+ * (yielding it between micro-batches to classify requests that waited too long), reports
  * progress and events to the store, and registers the resulting model. The worker borrows
  * the store, the registry and the strings in its config. */
 #ifndef BIT_WORKER_H
@@ -7,6 +8,7 @@
 
 #include <stdio.h>
 
+#include "server/svc/cores.h"
 #include "server/svc/registry.h"
 #include "storage/store.h"
 
@@ -15,7 +17,7 @@ typedef struct wrk_config {
     reg *models;            /* resolves base models, registers the results */
     const char *data_dir;   /* datasets/<id>/ and jobs/<id>/ live here */
     const char *models_dir; /* only to keep its path out of what clients see */
-    int threads;            /* OpenMP threads for training (its budget) */
+    cores *cores;           /* the core budget (borrowed): a job's team is its training grant */
     int loader_threads;     /* image decoding threads */
     int poll_ms;            /* how often an idle worker looks for work; default 500 */
     FILE *log;              /* JSON lines per job event; NULL: stderr */
