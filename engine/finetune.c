@@ -530,6 +530,24 @@ static int plan_here(run *R, const ft_params *p, char *err, size_t errlen)
     return rc;
 }
 
+/* Splits the batch until a micro-batch's training memory fits p->memory_bytes. */
+static int fit_memory(run *R, const ft_params *p, char *err, size_t errlen)
+{
+    int res = R->r.h.crop, batch = R->r.h.batch;
+    if (eng_arch_train_bytes(&R->arch, 1, res, res) > p->memory_bytes)
+        return eng_errf(err, errlen, ENG_ELIMIT, "training one image at %d px needs %llu MB, "
+                        "more than the %llu MB allowed: choose a lower resolution", res,
+                        (unsigned long long)(eng_arch_train_bytes(&R->arch, 1, res, res) >> 20),
+                        (unsigned long long)(p->memory_bytes >> 20));
+    for (int split = R->r.batch_split; split <= batch; split++)
+        if (batch % split == 0 &&
+            eng_arch_train_bytes(&R->arch, batch / split, res, res) <= p->memory_bytes) {
+            R->r.batch_split = split, R->r.micro = batch / split;
+            return 0;
+        }
+    return 0; /* unreachable: a split of the whole batch is one image, which fits */
+}
+
 /* A fresh run: base weights with a new head, the HyperRule resolved for the dataset. */
 static int setup_fresh(run *R, const ft_params *p, const ft_resolved *resolved, eng_npz **z,
                        char *err, size_t errlen)
@@ -548,6 +566,7 @@ static int setup_fresh(run *R, const ft_params *p, const ft_resolved *resolved, 
     if (!rc && resolved) R->r = *resolved;
     else if (!rc) rc = ft_resolve(p, &info, &R->r, err, errlen);
     if (!rc && !resolved && p->budget_s > 0 && !p->init_arch) rc = plan_here(R, p, err, errlen);
+    if (!rc && !resolved && p->memory_bytes && !p->batch_split) rc = fit_memory(R, p, err, errlen);
     if (!rc && ft_new_head(*z, &R->arch, ds_num_classes(R->d)))
         rc = eng_errf(err, errlen, ENG_ENOMEM, "out of memory");
     if (!rc && mkdir(R->dir, 0755) && errno != EEXIST)

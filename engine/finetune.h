@@ -37,6 +37,10 @@ typedef struct ft_params {
     int no_augment, no_shuffle;
     int loader_threads;
     eng_precision precision;
+    /* Training memory a micro-batch may take (0: no limit): when batch_split is left to the
+     * rule, the batch is split until a micro-batch fits (eng_arch_train_bytes), and a run
+     * where not even one image fits is refused. The server sizes jobs itself at creation. */
+    uint64_t memory_bytes;
     /* Upstream pre-training (bit pretrain) instead of fine-tuning: train init_arch from random
      * initialisation with the paper's recipe: lr 0.03 * batch / 256, linear warm-up, / 10 at
      * 30, 60 and 80 of `epochs` = 90 epochs, weight decay 1e-4 on the conv kernels. */

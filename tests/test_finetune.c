@@ -6,9 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "finetune.h"
 #include "ftjson.h"
 #include "modelmeta.h"
+#include "rundir.h"
 #include "t.h"
 
 static char err[1024];
@@ -470,6 +472,54 @@ static void bad_parameters(void)
     T_CHECK(ft_run(base, "/nonexistent/data", d, &r, NULL, 0, NULL, err, sizeof err) == ENG_ENOTFOUND);
 }
 
+/* The run's resolved values, from its state.json (the caller's). */
+static json_t *resolved_of(const char *dir)
+{
+    char path[700];
+    ft_rundir_path(dir, FT_FILE_STATE, path, sizeof path);
+    json_t *st = json_load_file(path, 0, NULL), *r = json_incref(json_object_get(st, "resolved"));
+    json_decref(st);
+    return r;
+}
+
+/* --memory-budget-mb (ft_params.memory_bytes): a batch left to the rule is split until a
+ * micro-batch's training memory fits; an explicit split is kept; too little for one image is
+ * refused. (A linear run at 480 px once took its features in micro-batches of 512 and was
+ * killed for memory.) */
+static void memory_splits_the_batch(void)
+{
+    const char *data = make_tensor_data(30), *base = t_fixture("model.npz");
+    char d[600];
+    eng_arch a;
+    T_REQ_EQ(eng_arch_probe(base, &a, err, sizeof err), 0);
+    ft_params p = {.batch = 8, .steps = 1, .seed = 1};
+    run_dir(d, sizeof d, "mem-free");
+    T_REQ_EQ(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err), 0);
+    json_t *r = resolved_of(d);
+    int crop = (int)json_integer_value(json_array_get(json_object_get(r, "resolution"), 1));
+    T_EQ(json_integer_value(json_object_get(r, "batch_split")), 1);
+    json_decref(r);
+    T_REQUIRE(crop > 0);
+    p.memory_bytes = eng_arch_train_bytes(&a, 2, crop, crop);
+    T_REQUIRE(eng_arch_train_bytes(&a, 4, crop, crop) > p.memory_bytes);
+    run_dir(d, sizeof d, "mem-split");
+    T_REQ_EQ(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err), 0);
+    r = resolved_of(d);
+    T_EQ(json_integer_value(json_object_get(r, "batch_split")), 4);
+    T_EQ(json_integer_value(json_object_get(r, "micro_batch")), 2);
+    json_decref(r);
+    p.batch_split = 2; /* asked for: kept, whatever it costs */
+    run_dir(d, sizeof d, "mem-asked");
+    T_REQ_EQ(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err), 0);
+    r = resolved_of(d);
+    T_EQ(json_integer_value(json_object_get(r, "batch_split")), 2);
+    json_decref(r);
+    p.batch_split = 0, p.memory_bytes = eng_arch_train_bytes(&a, 1, crop, crop) - 1;
+    run_dir(d, sizeof d, "mem-none");
+    T_EQ(ft_run(base, data, d, &p, NULL, 0, NULL, err, sizeof err), ENG_ELIMIT);
+    T_CHECKF(strstr(err, "training one image at"), "%s", err);
+}
+
 int main(void)
 {
     T_RUN(hyper_rule_table);
@@ -480,6 +530,7 @@ int main(void)
     T_RUN(end_to_end_accuracy);
     T_RUN(end_to_end_accuracy_bf16);
     T_RUN(bad_parameters);
+    T_RUN(memory_splits_the_batch);
     T_RUN(hyperparameter_vocabulary);
     T_RUN(runs_announce_and_carry_their_classes);
     return t_done();

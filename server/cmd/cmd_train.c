@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "server/cmd/cli_live.h"
+#include "server/svc/budget.h"
 #include "finetune.h"
 #include "modelmeta.h"
 #include "rundir.h"
@@ -23,7 +24,10 @@ static const char finetune_usage[] =
     "tensors (x, y, optional x_val, y_val, classes). Every rule value can be overridden (the\n"
     "same names, with underscores, are a job's \"hyperparameters\" over HTTP):\n\n"
     "  --batch N            images per step (rule: 512)\n"
-    "  --batch-split N      micro-batches per step (memory scales with batch / N)\n"
+    "  --batch-split N      micro-batches per step (memory scales with batch / N); by default\n"
+    "                       the batch is split until a micro-batch fits --memory-budget-mb\n"
+    "  --memory-budget-mb M training memory a micro-batch may take (default: half of RAM or\n"
+    "                       of the cgroup limit, as bit serve; 0: no limit)\n"
     "  --base-lr X          base learning rate (rule: 0.003)\n"
     "  --schedule a,b,...   warm-up end, decay steps, total steps\n"
     "  --steps N            scale the rule's schedule to N steps\n"
@@ -186,12 +190,13 @@ static int parse_finetune(int argc, char **argv, ft_cli *c, int pretrain)
         {"arch", 1, 0, 'a'}, {"units", 1, 0, 'u'}, {"width", 1, 0, 'w'}, {"epochs", 1, 0, 'E'},
         {"warmup-steps", 1, 0, 'M'}, {"mode", 1, 0, 'Q'}, {"select", 1, 0, 'T'},
         {"budget-minutes", 1, 0, 'G'}, {"pretrain-res", 1, 0, 'P'}, {"init-only", 0, 0, 'I'},
-        {0, 0, 0, 0}};
+        {"memory-budget-mb", 1, 0, 'Y'}, {0, 0, 0, 0}};
     const char *sub = pretrain ? "pretrain" : "finetune";
     memset(c, 0, sizeof *c);
     c->p.precision = ENG_PREC_AUTO;
     c->p.mixup = -1;
     c->p.weight_decay = -1;
+    c->p.memory_bytes = bud_default_total();
     c->pretrain = pretrain;
     c->arch.width = 64;
     optind = 1;
@@ -229,6 +234,7 @@ static int parse_finetune(int argc, char **argv, ft_cli *c, int pretrain)
             if (!strcmp(optarg, "last") || !strcmp(optarg, "best")) c->p.select = optarg[0] == 'b', c->p.set_select = 1;
             else bad = 1, cli_fail(sub, "--select is last or best, not '%s'", optarg);
             break;
+        case 'Y': bad |= cli_int(sub, "--memory-budget-mb", optarg, 0, 1 << 30, &v); c->p.memory_bytes = (uint64_t)v << 20; break;
         case 'G': bad |= parse_double("--budget-minutes", optarg, 0.1, 1e6, &c->p.budget_s); c->p.budget_s *= 60; break;
         case 'W': bad |= parse_double("--weight-decay", optarg, 0, 1, &c->p.weight_decay); break;
         case 'E': bad |= parse_double("--epochs", optarg, 0.001, 100000, &c->p.epochs); break;
