@@ -819,18 +819,7 @@ static int post_id(const server *s, const char *path, const char *hdr, const voi
 
 static json_t *wait_job(const server *s, const char *id, const char *want, double seconds)
 {
-    char path[128];
-    snprintf(path, sizeof path, "/v1/jobs/%s", id);
-    for (int i = 0; i < seconds * 20; i++, usleep(50000)) {
-        int st;
-        json_t *j = call(s, "GET", path, NULL, NULL, 0, &st);
-        const char *now = j ? str(j, "status") : NULL;
-        if (now && (!strcmp(now, want) || !strcmp(now, "failed") || !strcmp(now, "succeeded") ||
-                    !strcmp(now, "cancelled")))
-            return j;
-        json_decref(j);
-    }
-    return NULL;
+    return ts_wait_job(s, id, want, seconds);
 }
 
 static int start_job(const server *s, const char *ds, const char *base, const char *name,
